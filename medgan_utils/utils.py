@@ -1,0 +1,88 @@
+"""Environment helpers used by every notebook: seeding, device choice, version report.
+
+Introduced in ``notebooks/00_getting_started.ipynb``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so a CPU run repeats bit for bit.
+
+    Args:
+        seed: any non-negative integer.
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The best device here: CUDA, then Apple MPS, then CPU.
+
+    Args:
+        prefer: force a device ("cpu", "cuda", "mps"); ``$MEDGAN_DEVICE`` does the same.
+    """
+    prefer = prefer or os.environ.get("MEDGAN_DEVICE")
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries whose behaviour the numbers depend on."""
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "monai", "medmnist", "numpy", "medgan-utils"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_commit(default: str = "unknown") -> str:
+    """The commit of the checkout this package runs from (with ``+dirty`` if files changed)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+            text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "medgan_utils"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return default
+
+
+def print_config(device: torch.device | None = None) -> dict[str, str]:
+    """Print (and return) versions, device and thread count, the first thing each notebook shows."""
+    info = versions()
+    info["device"] = str(device or get_device())
+    info["torch_threads"] = str(torch.get_num_threads())
+    info["platform"] = f"{platform.system()} {platform.machine()}"
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}} : {value}")
+    sys.stdout.flush()
+    return info

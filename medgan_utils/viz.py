@@ -1,0 +1,75 @@
+"""Plots every notebook uses: image grids, real-vs-fake panels, loss curves.
+
+Introduced in ``notebooks/00_getting_started.ipynb``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+
+def to_display(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W) or (B, H, W, 3) floats in [0, 1] for imshow."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()
+    return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+
+
+def grid(images: torch.Tensor, nrow: int = 8) -> np.ndarray:
+    """Tile (B, C, H, W) images in [-1, 1] into one (H', W', 3) array in [0, 1]."""
+    g = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, normalize=True,
+                  value_range=(-1, 1), padding=1, pad_value=1.0)
+    return g.permute(1, 2, 0).numpy()
+
+
+def show_grid(images: torch.Tensor, title: str = "", nrow: int = 8, ax=None):
+    """Show a grid of images in [-1, 1]; returns the matplotlib axis."""
+    if ax is None:
+        side = max(2.5, 0.45 * nrow)
+        _, ax = plt.subplots(figsize=(side, side * images.shape[0] / nrow / nrow + 0.3))
+    ax.imshow(grid(images, nrow), cmap="gray", interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:
+    """Write a grid of images in [-1, 1] as a PNG (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, grid(images, nrow))
+    return path
+
+
+def real_vs_fake(real: torch.Tensor, fake: torch.Tensor, nrow: int = 8, titles=("real", "generated")):
+    """Two grids side by side: the picture every training notebook ends with."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
+    show_grid(real[: nrow * nrow], titles[0], nrow, axes[0])
+    show_grid(fake[: nrow * nrow], titles[1], nrow, axes[1])
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(records: Sequence[Mapping[str, float]], keys: Sequence[str] | None = None,
+                 ax=None, title: str = "", logy: bool = False):
+    """Loss curves from ``History.records`` (one line per key)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    keys = keys or sorted({k for r in records for k in r} - {"step", "wall_s", "diverged"})
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label=key)
+    ax.set_xlabel("generator step")
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("symlog")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
