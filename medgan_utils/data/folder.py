@@ -1,0 +1,350 @@
+"""Your own images: a folder of PNG/JPEG/DICOM/NIfTI files as one [-1, 1] tensor.
+
+:func:`load_image_folder` turns whatever a hospital export or a downloaded data set contains
+(8- or 16-bit PNG, RGB JPEG, CT/MR DICOM with or without ``.dcm``, 2D/3D/4D NIfTI) into the
+package's convention: float (N, 1, size, size) in [-1, 1], one row per 2D image or volume slice,
+with the name of the file (and slice) each row came from. Files are read by MONAI's ``LoadImage``
+with an explicit reader per format, so the axis order is known:
+
+* PNG/JPEG/BMP/TIFF: ``PILReader(reverse_indexing=False)`` -> (H, W) or (H, W, C) as displayed.
+* DICOM: ``PydicomReader(swap_ij=False)`` -> (rows, cols), (frames, rows, cols), with a trailing
+  colour axis when ``SamplesPerPixel > 1``. MONAI applies ``RescaleSlope``/``RescaleIntercept``,
+  so CT values are Hounsfield units.
+* NIfTI: ``NibabelReader`` gives the voxels in *stored* order (the meta "space: RAS" only says
+  that the affine maps to RAS world coordinates); the array is reoriented here to RAS with
+  nibabel's ``io_orientation``/``apply_orientation`` (which, unlike ``as_closest_canonical``,
+  also works on 2D slices).
+
+Introduced in the chapter that trains a GAN on your own data (the CT/MRI folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# PIL modes that become a (H, W) or (H, W, 3/4) array with meaningful values; anything else
+# (palette "P", "LA", "CMYK", "YCbCr"...) is converted to RGBA first, so a palette image gives
+# its colours rather than its palette indices.
+_PLAIN_PIL_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA")
+
+
+class ImageReadError(ValueError):
+    """A file that looks like an image (by name or DICOM header) could not be read as one."""
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """What :func:`load_image_folder` returns.
+
+    Attributes:
+        images: float32 (N, 1, size, size) in [-1, 1].
+        sources: N names, the file path relative to the folder, plus ``[z=K]`` for slice K of a
+            NIfTI volume or ``[frame=K]`` for frame K of a multi-frame DICOM.
+        notes: human-readable lines on what was done (intensity mapping and windowing, aspect
+            handling, orientation, colour conversion, skipped and ignored files); print them in
+            the notebook's data cell.
+    """
+
+    images: torch.Tensor
+    sources: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _kind(path: Path) -> str | None:
+    """'raster', 'dicom', 'nifti' or None (not an image file: ignored, not an error)."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(RASTER_SUFFIXES):
+        return "raster"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    if path.suffix == "":
+        # Scanners and PACS exports often write DICOM files without an extension; the
+        # 'DICM' marker at byte 128 identifies them without parsing the file.
+        from pydicom.misc import is_dicom
+
+        try:
+            return "dicom" if is_dicom(path) else None
+        except OSError:
+            return None
+    return None
+
+
+@contextmanager
+def _quiet_monai():
+    # Building LoadImage instantiates every registered reader, and MONAI's GPU DICOM reader
+    # logs and warns "nvImageCodec is not available" on every CPU machine: noise, not news.
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _pil_converter(img):
+    return img if img.mode in _PLAIN_PIL_MODES else img.convert("RGBA")
+
+
+@lru_cache(maxsize=None)
+def _loader(kind: str):
+    """One MONAI ``LoadImage`` per format, built once per process (building one is slow)."""
+    from monai.data import NibabelReader, PILReader, PydicomReader
+    from monai.transforms import LoadImage
+
+    readers = {
+        "raster": lambda: PILReader(converter=_pil_converter, reverse_indexing=False),
+        "dicom": lambda: PydicomReader(swap_ij=False),
+        "nifti": lambda: NibabelReader(),
+    }
+    with _quiet_monai():
+        return LoadImage(image_only=True, reader=readers[kind](), dtype=np.float32)
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB or (..., 4) RGBA in stored units -> (...) luminance in the same units."""
+    from skimage.color import rgb2gray
+
+    if arr.shape[-1] == 4:
+        # Composite on black: transparent areas of a medical image are background, not white.
+        alpha = arr[..., 3:] / (arr[..., 3:].max() or 1.0)
+        arr = arr[..., :3] * alpha
+    # Float input keeps the stored units (skimage rescales only integer images), so a window
+    # given in pixel values still applies after the BT.709 luma weights.
+    return rgb2gray(arr.astype(np.float64))
+
+
+def _read_slices(path: Path, kind: str) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Read one file -> (2D float arrays in display orientation, source suffixes, notes)."""
+    img = _loader(kind)(str(path))
+    arr = np.asarray(img.detach().cpu().numpy(), dtype=np.float64)
+    notes: list[str] = []
+    if kind == "raster":
+        if arr.ndim == 3:
+            arr = _to_gray(arr)
+            notes.append("colour")
+        return [arr], [""], notes
+    if kind == "dicom":
+        import pydicom
+
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if int(header.get("SamplesPerPixel", 1)) > 1:
+            arr = _to_gray(arr)
+            notes.append("colour")
+        if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            # MONOCHROME1 displays high values dark; flipping the sign keeps "bright = bright"
+            # while the window (in stored units) still selects the same values.
+            arr = -arr
+            notes.append("MONOCHROME1")
+        if arr.ndim == 2:
+            return [arr], [""], notes
+        return list(arr), [f"[frame={k}]" for k in range(len(arr))], notes
+    # NIfTI: reorient the voxel array to RAS, then take axial slices (axis 2, inferior ->
+    # superior) in radiological display: anterior at the top, patient's right on the image left.
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    affine = np.asarray(img.affine)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+        notes.append("4D")
+    if arr.ndim != 3:
+        raise ImageReadError(f"{path}: NIfTI with shape {arr.shape} is not 2D, 3D or 4D")
+    arr = apply_orientation(arr, io_orientation(affine))
+    slices = [arr[:, :, k].T[::-1, ::-1] for k in range(arr.shape[2])]
+    suffixes = [""] if len(slices) == 1 else [f"[z={k}]" for k in range(len(slices))]
+    return slices, suffixes, notes
+
+
+def _to_unit_range(arrays: list[np.ndarray], window: tuple[float, float] | None) -> torch.Tensor:
+    """One file's slices, (S, H, W) float -> [-1, 1]: the file's min-max, or the window."""
+    from monai.transforms import ScaleIntensityRange
+
+    stack = np.stack(arrays)
+    if window is None:
+        lo, hi = float(stack.min()), float(stack.max())
+        if hi <= lo:  # a constant image has no contrast to stretch: show it black
+            return torch.full(stack.shape, -1.0)
+    else:
+        lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
+    scale = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)
+    return torch.as_tensor(np.asarray(scale(stack)), dtype=torch.float32)
+
+
+def _fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(H, W) in [-1, 1] -> (size, size): longest side resized to ``size``, then padded with -1."""
+    from monai.transforms import Resize, SpatialPad
+
+    h, w = image.shape
+    x = image[None]
+    if max(h, w) != size:
+        # anti_aliasing smooths before shrinking (a 512 px CT to 64 px would alias otherwise).
+        x = Resize(size, size_mode="longest", mode="bilinear", anti_aliasing=True)(x)
+    if tuple(x.shape[1:]) != (size, size):
+        x = SpatialPad((size, size), method="symmetric", mode="constant", value=-1.0)(x)
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    return x.float().clamp(-1.0, 1.0)
+
+
+def _list_files(root: Path, recursive: bool) -> list[Path]:
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    files = [p for p in pattern if p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def load_image_folder(
+    path: str | os.PathLike,
+    size: int = 64,
+    window: tuple[float, float] | None = None,
+    recursive: bool = True,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> ImageFolder:
+    """Load every image in a folder (or one file) as float (N, 1, size, size) in [-1, 1].
+
+    What is read: ``.png .jpg .jpeg .bmp .tif .tiff`` (8/16-bit, grayscale, RGB, RGBA,
+    palette), DICOM (``.dcm .dicom .ima`` or no extension with a DICOM header) and NIfTI
+    (``.nii .nii.gz``). Other files (``.txt``, ``.md5``, ``.json``...) and hidden files are
+    ignored and counted in ``notes``. Files are taken in sorted relative-path order.
+
+    What each file becomes:
+
+    * A 2D image gives one row; a 3D NIfTI gives its axial slices (axis 2 after reorientation
+      to RAS, inferior to superior, shown radiologically: anterior up, patient's right on the
+      left); a 4D NIfTI gives the slices of its first volume; a multi-frame DICOM one row per
+      frame (as stored). DICOM files are not assembled into series: each file is read alone.
+    * Colour (RGB/RGBA/palette/YBR) becomes grayscale with the BT.709 luma weights
+      (``skimage.color.rgb2gray``); transparent pixels count as black.
+    * Intensity: by default each *file* is min-max scaled to [-1, 1] (a volume as a whole, so
+      its slices keep their relative brightness; a constant image becomes -1). With
+      ``window=(center, width)`` the values in ``[center - width/2, center + width/2]`` map
+      linearly to [-1, 1] and values outside are clipped, in the *stored units*: Hounsfield
+      units for CT DICOM (MONAI's reader has applied ``RescaleSlope``/``RescaleIntercept``),
+      nibabel's scaled values for NIfTI, pixel values (0-255, 0-65535) for PNG/JPEG. E.g.
+      brain window ``(40, 80)``, soft tissue ``(40, 400)``, lung ``(-600, 1500)``.
+    * Aspect ratio is kept: the longest side is resized to ``size`` (bilinear, antialiased)
+      and the shorter one padded symmetrically with -1 (black). Padding rather than cropping
+      because a crop can cut anatomy (a lesion at the edge) out of a training image.
+
+    Args:
+        path: a folder, or a single image file.
+        size: output side in pixels.
+        window: ``(center, width)`` in stored units, or None for per-file min-max.
+        recursive: also read subfolders.
+        on_error: what to do with a file that has an image name (or DICOM header) but cannot
+            be read (corrupt, truncated, a text file named ``.png``, a DICOM without pixels):
+            ``"raise"`` (default) raises :class:`ImageReadError` naming the file, so a bad
+            export is noticed; ``"skip"`` leaves it out with a ``warnings.warn`` naming it.
+
+    Returns:
+        :class:`ImageFolder` with ``images`` float32 (N, 1, size, size) in [-1, 1], ``sources``
+        (N names) and ``notes`` (what was done, for the notebook's data cell).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or holds no readable image.
+        ImageReadError: a file could not be read and ``on_error="raise"``.
+        ValueError: bad ``size``, ``window`` or ``on_error``.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if int(size) != size or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if window is not None:
+        if len(window) != 2 or not window[1] > 0:
+            raise ValueError(f"window must be (center, width) with width > 0, got {window!r}")
+        window = (float(window[0]), float(window[1]))
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root.resolve()} does not exist; check the path "
+                                f"(relative paths start from {Path.cwd()})")
+    if root.is_file():
+        files, base = [root], root.parent
+    else:
+        files, base = _list_files(root, recursive), root
+    candidates = [(f, _kind(f)) for f in files]
+    ignored = [f for f, k in candidates if k is None]
+    candidates = [(f, k) for f, k in candidates if k is not None]
+
+    images: list[torch.Tensor] = []
+    sources: list[str] = []
+    skipped: list[str] = []
+    seen: dict[str, list[str]] = {"colour": [], "MONOCHROME1": [], "4D": []}
+    n_volumes = 0
+    for f, kind in candidates:
+        name = f.relative_to(base).as_posix()
+        try:
+            with _quiet_monai():
+                slices, suffixes, flags = _read_slices(f, kind)
+        except Exception as err:  # any reader failure of one file: MONAI/PIL/pydicom raise many kinds
+            msg = f"cannot read {f} as a {kind} image ({type(err).__name__}: {err})"
+            if on_error == "raise":
+                raise ImageReadError(f"{msg}. Remove the file, or pass on_error='skip' to skip "
+                                     f"unreadable files with a warning.") from err
+            warnings.warn(f"skipping {name}: {msg}", stacklevel=2)
+            skipped.append(name)
+            continue
+        n_volumes += kind == "nifti" and len(slices) > 1
+        for flag in flags:
+            seen[flag].append(name)
+        scaled = _to_unit_range(slices, window)
+        for img2d, suffix in zip(scaled, suffixes, strict=True):
+            images.append(_fit_square(img2d, int(size)))
+            sources.append(name + suffix)
+
+    if not images:
+        what = (f"{len(skipped)} unreadable file(s) skipped: {', '.join(skipped[:5])}"
+                if skipped else "no file with a supported extension")
+        raise FileNotFoundError(
+            f"no images found in {root.resolve()} ({'recursive' if recursive else 'top level only'};"
+            f" {what}; {len(ignored)} other file(s) ignored). Supported: "
+            f"{' '.join(RASTER_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES)} and DICOM without "
+            f"extension."
+        )
+
+    notes = [f"{len(images)} images of {size}x{size} from {len(candidates) - len(skipped)} files "
+             f"in {root.resolve()}" + (" (recursive)" if recursive and root.is_dir() else "")]
+    if window is None:
+        notes.append("intensity: min-max per file to [-1, 1] (no windowing)")
+    else:
+        c, w = window
+        notes.append(f"intensity: window center {c:g}, width {w:g} -> [{c - w / 2:g}, "
+                     f"{c + w / 2:g}] mapped to [-1, 1], clipped, in stored units "
+                     f"(HU for CT DICOM after RescaleSlope/Intercept; pixel values for PNG/JPEG)")
+    notes.append(f"aspect kept: longest side resized to {size} px (bilinear, antialiased), "
+                 f"shorter side padded with -1")
+    if n_volumes:
+        notes.append(f"{n_volumes} NIfTI volume(s): axial slices (axis 2 in RAS), radiological "
+                     f"view (anterior up, patient's right on the left)")
+    if seen["colour"]:
+        notes.append(f"{len(seen['colour'])} colour file(s) converted to grayscale (BT.709 luma)")
+    if seen["MONOCHROME1"]:
+        notes.append(f"{len(seen['MONOCHROME1'])} MONOCHROME1 DICOM(s) inverted to bright = high")
+    if seen["4D"]:
+        notes.append(f"4D NIfTI, first volume only: {', '.join(seen['4D'])}")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}")
+    if ignored:
+        notes.append(f"ignored {len(ignored)} file(s) that are not images by name "
+                     f"(e.g. {ignored[0].relative_to(base).as_posix()})")
+    return ImageFolder(torch.stack(images), sources, notes)

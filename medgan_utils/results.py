@@ -1,0 +1,105 @@
+"""``results/<notebook>.json``: the numbers a notebook reports, written by one helper.
+
+Every notebook ends with ``run.finish(metrics)``; the file records what produced the numbers
+(params, commit, versions, device, wall time, peak memory) so the reproducibility command can
+re-run the notebook with papermill and compare ``metrics`` within tolerances.
+
+Introduced in ``notebooks/00_getting_started.ipynb``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .utils import REPO_ROOT, get_device, git_commit, versions
+
+RESULTS_DIR = REPO_ROOT / "results"
+
+
+def quick_mode(quick: bool = False) -> bool:
+    """True when the notebook's ``quick`` parameter or ``$MEDGAN_QUICK=1`` asks for a seconds-long run."""
+    return bool(quick) or os.environ.get("MEDGAN_QUICK", "0") not in ("", "0", "false", "False")
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak memory of this process: GPU memory allocated on CUDA, else the process's max RSS."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _flat(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat(value, name + "/"))
+        elif isinstance(value, (bool, int, float)) or hasattr(value, "item"):
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(f"metric {name} is {v}: results must be finite numbers")
+            out[name] = v
+        else:
+            raise TypeError(f"metric {name} must be a number, got {type(value).__name__}")
+    return out
+
+
+@dataclass
+class NotebookRun:
+    """Started at the top of a notebook, finished at the bottom: ``run.finish(metrics)``."""
+
+    notebook: str
+    params: dict[str, Any] = field(default_factory=dict)
+    device: torch.device | None = None
+    t0: float = field(default_factory=time.perf_counter)
+
+    def finish(self, metrics: Mapping[str, Any], out_dir: str | os.PathLike | None = None,
+               extra: Mapping[str, Any] | None = None) -> Path:
+        """Write ``results/<notebook>.json`` (atomically) and return its path.
+
+        Args:
+            metrics: name -> number; nested dicts are flattened to ``"a/b"`` names.
+            extra: non-numeric facts to keep beside the metrics (tables, commands).
+        """
+        device = self.device or get_device()
+        record = {
+            "notebook": self.notebook,
+            "params": {k: v for k, v in self.params.items()},
+            "commit": git_commit(),
+            "versions": versions(),
+            "device": str(device),
+            "wall_s": round(time.perf_counter() - self.t0, 2),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "metrics": _flat(metrics),
+        }
+        if extra:
+            record["extra"] = dict(extra)
+        out = Path(out_dir or RESULTS_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{self.notebook}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def start_run(notebook: str, params: Mapping[str, Any], device: torch.device | None = None) -> NotebookRun:
+    """Begin timing a notebook; ``params`` are its parameters cell's values."""
+    return NotebookRun(notebook, dict(params), device)
+
+
+def load_results(notebook: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read ``results/<notebook>.json`` (e.g. to show the full experiment's table)."""
+    return json.loads((Path(root or RESULTS_DIR) / f"{notebook}.json").read_text())
