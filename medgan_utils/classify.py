@@ -190,3 +190,25 @@ def load_extractor(dataset: str, size: int = 28, device: torch.device | str = "c
             f"  medgan train-extractor --dataset {dataset} --size {size}"
         )
     return load_classifier(path, device)
+
+
+def get_extractor(dataset: str, size: int = 28, device: torch.device | str = "cpu",
+                  quick: bool = False) -> tuple[Classifier, str]:
+    """The shipped extractor, or (for a data set without one) one trained now and saved to
+    ``runs/``; returns ``(net, how)`` where ``how`` says which, for the notebook to print."""
+    try:
+        return load_extractor(dataset, size, device), f"shipped ({extractor_path(dataset, size).name})"
+    except FileNotFoundError:
+        pass
+    local = REPO_ROOT / "runs" / extractor_path(dataset, size).name
+    if local.exists():
+        return load_classifier(local, device), f"trained earlier ({local})"
+    from .data import dataset_info, load_arrays
+
+    tr, va = load_arrays(dataset, "train", size), load_arrays(dataset, "val", size)
+    epochs = 1 if quick else 10
+    net, rec = train_classifier(tr.images, tr.labels, va, len(dataset_info(dataset)["label"]),
+                                ClassifierTrainConfig(max_epochs=epochs), device=device)
+    save_classifier(net, local, dataset=dataset, size=size, val_auc=rec["val_auc"])
+    return net, (f"no shipped extractor for {dataset}: trained one now for {epochs} epoch(s) "
+                 f"(val AUC {rec['val_auc']:.3f}), saved to {local}")

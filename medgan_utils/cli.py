@@ -73,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a GAN of chapters 01-03 (checkpoints, resume, export)",
                        description="Train a GAN with the one fit() loop. Re-running the same command "
                                    "resumes from OUT/last.safetensors.")
-    t.add_argument("preset", choices=["gan", "dcgan", "wgan-gp"],
+    t.add_argument("preset", choices=["gan", "dcgan", "wgan-gp", "wgan-clip"],
                    help="gan = MLP + BCE (01), dcgan = conv + BatchNorm + BCE (02), "
-                        "wgan-gp = conv critic + gradient penalty (03)")
+                        "wgan-gp = conv critic + gradient penalty (03), wgan-clip = weight clipping "
+                        "(03). The preset sets some GANConfig options (see GANConfig.preset); "
+                        "options given here override it.")
     _data_args(t)
     t.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     t.add_argument("--conditional", action="store_true", help="class-conditional G and D (chapter 04)")
@@ -112,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write executed copies to runs/notebooks/ instead of over the originals")
     r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter (value parsed as JSON when possible)")
+
+    ex = sub.add_parser("experiment", help="the grids behind chapter 03 (writes results/03_*.json)")
+    ex.add_argument("which", choices=["stability", "small-data"],
+                    help="stability: DCGAN vs WGAN-GP over learning rates and seeds (FD over training, "
+                         "divergence, class coverage); small-data: EMA and DiffAugment on a small set")
+    _data_args(ex)
+    ex.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 2e-3])
+    ex.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ex.add_argument("--steps", type=int, default=800, help="generator steps per run")
+    ex.add_argument("--eval-every", type=int, default=100, help="steps between FD evaluations")
+    ex.add_argument("--n-eval", type=int, default=1000, help="images per FD evaluation")
+    ex.add_argument("--batch-size", type=int, default=64)
+    ex.add_argument("--name", default=None, help="results file name (default: 03_<which>)")
 
     d = sub.add_parser("download", help="fetch a MedMNIST file through medmnist (needs the internet)")
     d.add_argument("name")
@@ -286,11 +301,44 @@ def cmd_run_notebooks(ns) -> int:
     return 0
 
 
+def cmd_experiment(ns) -> int:
+    from .classify import load_extractor
+    from .data import load_arrays
+    from .experiments import grid, summarize
+    from .models.gan import GANConfig
+    from .results import start_run
+    from .train import FitConfig
+
+    device = _setup(ns)
+    train, test = load_arrays(ns.dataset, "train", ns.size, ns.root), load_arrays(ns.dataset, "test", ns.size, ns.root)
+    extractor = load_extractor(ns.dataset, ns.size, device)
+    base = dict(channels=train.n_channels, image_size=ns.size)
+    if ns.which == "stability":
+        configs = [(f"{p}/lr{lr:g}", GANConfig.preset(p, lr_g=lr, lr_d=lr, **base))
+                   for p in ("dcgan", "wgan-gp") for lr in ns.lrs]
+    else:
+        wg = GANConfig.preset("wgan-gp", **base)
+        configs = [("plain", wg), ("ema", dataclasses.replace(wg, ema=0.999)),
+                   ("diffaugment", dataclasses.replace(wg, diffaugment="color,translation,cutout")),
+                   ("ema+diffaugment", dataclasses.replace(wg, ema=0.999,
+                                                           diffaugment="color,translation,cutout"))]
+    run = start_run(ns.name or f"03_{ns.which.replace('-', '_')}", vars(ns) | {"root": None}, device)
+    results = grid(configs, ns.seeds, train=train, test=test, extractor=extractor,
+                   fit_config=FitConfig(steps=ns.steps, log_every=max(1, ns.eval_every // 2), ckpt_every=0),
+                   batch_size=ns.batch_size, eval_every=ns.eval_every, n_eval=ns.n_eval,
+                   device=device, judge=extractor)
+    summary = summarize(results)
+    path = run.finish(summary, extra={"runs": results, "command": "medgan " + " ".join(sys.argv[1:])})
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
                "train-extractor": cmd_train_extractor, "download": cmd_download,
-               "run-notebooks": cmd_run_notebooks}[ns.command]
+               "run-notebooks": cmd_run_notebooks, "experiment": cmd_experiment}[ns.command]
     return handler(ns)
 
 

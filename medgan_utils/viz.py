@@ -73,3 +73,21 @@ def plot_history(records: Sequence[Mapping[str, float]], keys: Sequence[str] | N
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] | None = None,
+                   digits: int = 3) -> str:
+    """A markdown table, one row per name (display it with ``IPython.display.Markdown``)."""
+    keys = list(keys or sorted({k for r in rows.values() for k in r}))
+    lines = ["| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, row in rows.items():
+        cells = []
+        for k in keys:
+            v = row.get(k, "")
+            cells.append(f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+METRIC_KEYS = ("fd", "floor_fd", "fd_ratio", "kid_mean", "precision", "recall", "density",
+               "coverage", "floor_recall", "floor_coverage")

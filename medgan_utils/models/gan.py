@@ -22,7 +22,7 @@ from .diffaugment import diff_augment
 from .nets import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, init_weights
 
 ARCHS = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerator, DCGANDiscriminator)}
-LOSSES = ("bce", "wgan-gp")
+LOSSES = ("bce", "wgan-gp", "wgan-clip")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class GANConfig:
 
     Attributes:
         arch: "mlp" (notebook 01) or "dcgan" (convolutional, notebooks 02-04).
-        loss: "bce" (the original GAN game) or "wgan-gp" (Wasserstein + gradient penalty).
+        loss: "bce" (the original GAN game), "wgan-gp" (Wasserstein + gradient penalty) or
+            "wgan-clip" (Wasserstein with the critic's weights clipped to +-clip, Arjovsky 2017).
         g_loss: for "bce": "non-saturating" (default) or "saturating" (the minimax form).
         latent_dim: size of z.
         channels: image channels (1 grey, 3 RGB), from the data.
@@ -42,6 +43,7 @@ class GANConfig:
             critics cannot use "batch" (the penalty is per image).
         lr_g, lr_d, beta1, beta2: Adam settings.
         gp_lambda: weight of the gradient penalty (10 in Gulrajani et al.).
+        clip: weight-clipping bound of "wgan-clip" (0.01 in Arjovsky et al.).
         n_critic: critic steps per generator step (fit's default; 5 for WGAN-GP).
         ema: decay of an exponential moving average of G's weights (0 = off; e.g. 0.999).
         diffaugment: DiffAugment policy applied to D's inputs, e.g. "color,translation,cutout".
@@ -61,6 +63,7 @@ class GANConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     gp_lambda: float = 10.0
+    clip: float = 0.01
     n_critic: int = 1
     ema: float = 0.0
     diffaugment: str = ""
@@ -72,8 +75,9 @@ class GANConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.g_loss not in ("non-saturating", "saturating"):
             raise ValueError(f"g_loss must be 'non-saturating' or 'saturating', got {self.g_loss!r}")
-        if self.loss == "wgan-gp" and self.d_norm == "batch":
-            raise ValueError("a WGAN-GP critic must not use BatchNorm: set d_norm='layer' or 'none'")
+        if self.loss.startswith("wgan") and self.d_norm == "batch":
+            raise ValueError("a Wasserstein critic must not use BatchNorm (its score must depend on "
+                             "each image alone): set d_norm='layer' or 'none'")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
@@ -85,6 +89,8 @@ class GANConfig:
             "dcgan": dict(arch="dcgan", loss="bce", d_norm="batch"),
             "wgan-gp": dict(arch="dcgan", loss="wgan-gp", d_norm="layer", n_critic=5,
                             lr_g=2e-4, lr_d=2e-4, beta1=0.0, beta2=0.9),
+            "wgan-clip": dict(arch="dcgan", loss="wgan-clip", d_norm="none", n_critic=5,
+                              lr_g=5e-5, lr_d=5e-5, beta1=0.0, beta2=0.9),
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
@@ -157,14 +163,21 @@ class GAN:
             loss_D = losses.d_loss_bce(real_out, fake_out)
             logs["D_real"] = torch.sigmoid(real_out).mean().item()
             logs["D_fake"] = torch.sigmoid(fake_out).mean().item()
-        else:
+        elif self.config.loss == "wgan-gp":
             w = -losses.d_loss_wasserstein(real_out, fake_out)
             gp, norms = losses.gradient_penalty(lambda x: self._d(x, y), real, fake)
             loss_D = -w + self.config.gp_lambda * gp
             logs.update(wasserstein=w.item(), gp=gp.item(), grad_norm=norms.mean().item())
+        else:
+            loss_D = losses.d_loss_wasserstein(real_out, fake_out)
+            logs["wasserstein"] = -loss_D.item()
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         self.opt_D.step()
+        if self.config.loss == "wgan-clip":
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.config.clip, self.config.clip)
         logs["loss_D"] = loss_D.item()
         return logs
 
@@ -176,7 +189,7 @@ class GAN:
         self.D.train()
         fake = self.G(self._noise(b), y)
         out = self._d(fake, y)
-        if self.config.loss == "wgan-gp":
+        if self.config.loss.startswith("wgan"):
             loss_G = losses.g_loss_wasserstein(out)
         elif self.config.g_loss == "saturating":
             loss_G = losses.g_loss_saturating(out)

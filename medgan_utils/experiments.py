@@ -1,0 +1,96 @@
+"""The experiments behind chapters 03-04, as functions the CLI and the notebooks share.
+
+Each returns plain dicts (and writes ``results/<name>.json`` through the CLI), so a notebook's
+default run can show the full experiment's numbers and its ``train_from_scratch`` run can repeat it.
+
+Introduced in ``notebooks/03_wgan_gp.ipynb``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from .data import Arrays, TensorLoader
+from .metrics import class_coverage, evaluate, extract_features, frechet_distance
+from .models.gan import GAN, GANConfig
+from .train import FitConfig, fit
+
+
+def fd_callback(extractor: torch.nn.Module, test_images: torch.Tensor, n: int = 1000,
+                seed: int = 0) -> Callable:
+    """A ``fit`` callback logging ``fd`` (generated vs test features) with a fixed noise seed."""
+    test_feats = extract_features(extractor, test_images[:n])
+
+    def callback(step: int, model, logs) -> dict[str, float]:
+        fake = model.sample(len(test_feats), generator=torch.Generator().manual_seed(seed))
+        return {"fd": frechet_distance(extract_features(extractor, fake), test_feats)}
+
+    return callback
+
+
+def train_and_score(
+    config: GANConfig, train: Arrays, test: Arrays, extractor: torch.nn.Module,
+    fit_config: FitConfig, *, seed: int = 0, batch_size: int = 64, eval_every: int = 0,
+    n_eval: int = 1000, device: torch.device | str = "cpu", judge: torch.nn.Module | None = None,
+    progress: bool = False,
+) -> dict:
+    """Train one GAN from scratch (no checkpoints) and score it: the unit of every grid.
+
+    Returns:
+        ``{"config", "history", "stopped", "steps", "wall_s", "metrics", "class_fractions"}``;
+        a diverged run keeps its history and scores its last weights if they are finite.
+    """
+    torch.manual_seed(seed)
+    prior = torch.bincount(torch.as_tensor(train.labels)).float()
+    gan = GAN(config, device, class_prior=prior if config.num_classes else None)
+    loader = TensorLoader(train.images, train.labels, batch_size, device, seed=seed)
+    test_x = test.tensors()
+    callbacks = [(eval_every, fd_callback(extractor, test_x, n_eval, seed))] if eval_every else []
+    t0 = time.perf_counter()
+    hist = fit(gan, loader, replace(fit_config, on_divergence="stop", resume=False),
+               callbacks=callbacks, progress=progress)
+    out = {"config": config.to_dict(), "history": hist.records, "stopped": hist.stopped,
+           "steps": hist.step, "wall_s": round(time.perf_counter() - t0, 1)}
+    fake = gan.sample(n_eval, generator=torch.Generator().manual_seed(seed + 1))
+    if torch.isfinite(fake).all():
+        out["metrics"] = evaluate(extractor, fake, train.tensors(), test_x[:n_eval], seed=seed,
+                                  kid_subsets=10)
+        if judge is not None:
+            out["class_fractions"] = class_coverage(judge, fake, len(train.class_names)).tolist()
+    return out
+
+
+def grid(configs: Iterable[tuple[str, GANConfig]], seeds: Sequence[int], **kwargs) -> dict[str, dict]:
+    """``train_and_score`` for every (name, config) x seed; keys ``"<name>/seed<k>"``."""
+    results = {}
+    for name, cfg in configs:
+        for seed in seeds:
+            key = f"{name}/seed{seed}"
+            print(f"-- {key}", flush=True)
+            results[key] = train_and_score(cfg, seed=seed, **kwargs)
+            m = results[key].get("metrics", {})
+            print(f"   {results[key]['stopped']} after {results[key]['steps']} steps, "
+                  f"{results[key]['wall_s']} s, fd_ratio={m.get('fd_ratio', float('nan')):.2f}",
+                  flush=True)
+    return results
+
+
+def summarize(results: dict[str, dict], keys=("fd_ratio", "recall", "coverage", "precision")) -> dict:
+    """Mean and std over seeds of each metric, per configuration name."""
+    by_name: dict[str, list[dict]] = {}
+    for key, res in results.items():
+        by_name.setdefault(key.rsplit("/seed", 1)[0], []).append(res)
+    out = {}
+    for name, runs in by_name.items():
+        row = {"diverged": sum(r["stopped"] == "diverged" for r in runs), "runs": len(runs)}
+        for k in keys:
+            vals = [r["metrics"][k] for r in runs if "metrics" in r]
+            if vals:
+                row[f"{k}_mean"], row[f"{k}_std"] = float(np.mean(vals)), float(np.std(vals))
+        out[name] = row
+    return out
