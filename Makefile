@@ -7,7 +7,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MEDMNIST_ROOT ?= $(abspath ../shared/data/medmnist)
 export FLWR_TELEMETRY_ENABLED := 0
-export MPLBACKEND := Agg
 
 .PHONY: course test venv notebooks book quick lint clean-book
 

@@ -32,7 +32,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not a checkpoint at all."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def _write_tmp(path: Path, write) -> str:
+    """Run ``write(tmp)`` on a temporary file beside ``path``; return it, synced (nothing replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -40,11 +41,11 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return tmp
 
 
 def state_path(path: str | os.PathLike) -> Path:
@@ -81,11 +82,22 @@ def save_checkpoint(
             tensors[f"{name}.{key}"] = value.detach().to("cpu").contiguous().clone()
     header = {"medgan": json.dumps(dict(metadata or {}), default=str),
               "modules": json.dumps(sorted(modules))}
-    if trainer_state is not None:
-        # State first, weights second: a kill between the two leaves a newer state next to
-        # older weights, which load_checkpoint detects through the step stored in both.
-        _atomic_write(state_path(path), lambda tmp: torch.save(dict(trainer_state), tmp))
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    # Both files are written completely before either replaces the old pair, so a failed or
+    # interrupted write leaves the previous weights AND state intact. Only a kill between the two
+    # renames below can pair a newer state with older weights; load_checkpoint detects that
+    # through the step stored in both.
+    done: list[tuple[str, Path]] = []
+    try:
+        if trainer_state is not None:
+            sp = state_path(path)
+            done.append((_write_tmp(sp, lambda tmp: torch.save(dict(trainer_state), tmp)), sp))
+        done.append((_write_tmp(path, lambda tmp: save_file(tensors, tmp, metadata=header)), path))
+    except BaseException:
+        for tmp, _ in done:
+            os.unlink(tmp)
+        raise
+    for tmp, target in done:
+        os.replace(tmp, target)
     return path
 
 

@@ -25,6 +25,15 @@ import torch
 from .utils import REPO_ROOT, get_device, git_commit, versions
 
 RESULTS_DIR = REPO_ROOT / "results"
+QUICK_RESULTS_DIR = REPO_ROOT / "runs" / "quick_results"
+
+
+def results_dir(quick: bool = False) -> Path:
+    """Where results go: ``$MEDGAN_RESULTS_DIR`` if set, else ``results/``, except that quick
+    (smoke) runs write to ``runs/quick_results/`` so they never overwrite the real numbers."""
+    if os.environ.get("MEDGAN_RESULTS_DIR"):
+        return Path(os.environ["MEDGAN_RESULTS_DIR"])
+    return QUICK_RESULTS_DIR if quick else RESULTS_DIR
 
 
 def quick_mode(quick: bool = False) -> bool:
@@ -86,7 +95,7 @@ class NotebookRun:
         }
         if extra:
             record["extra"] = dict(extra)
-        out = Path(out_dir or RESULTS_DIR)
+        out = Path(out_dir or results_dir(bool(self.params.get("quick"))))
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{self.notebook}.json"
         tmp = path.with_suffix(".json.tmp")
@@ -102,4 +111,8 @@ def start_run(notebook: str, params: Mapping[str, Any], device: torch.device | N
 
 def load_results(notebook: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read ``results/<notebook>.json`` (e.g. to show the full experiment's table)."""
-    return json.loads((Path(root or RESULTS_DIR) / f"{notebook}.json").read_text())
+    path = Path(root or RESULTS_DIR) / f"{notebook}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist yet: run the command or notebook that "
+                                "writes it (see the README's table of experiments)")
+    return json.loads(path.read_text())

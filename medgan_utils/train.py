@@ -219,7 +219,8 @@ def fit(
                         extra_stop = True
                     elif isinstance(res, Mapping):
                         acc.update({k: [float(v)] for k, v in res.items()})
-            if step % config.log_every == 0 or step == config.steps or extra_stop:
+            out_of_time = bool(config.max_seconds) and time.perf_counter() - t0 > config.max_seconds
+            if step % config.log_every == 0 or step == config.steps or extra_stop or out_of_time:
                 rec = {"step": step, **{k: sum(v) / len(v) for k, v in acc.items()}}
                 rec["wall_s"] = time.perf_counter() - t0
                 history.records.append(rec)
@@ -232,7 +233,7 @@ def fit(
             if extra_stop:
                 history.stopped = "callback"
                 break
-            if config.max_seconds and time.perf_counter() - t0 > config.max_seconds:
+            if out_of_time:
                 history.stopped = "time"
                 break
             if ckpt and config.ckpt_every and step % config.ckpt_every == 0:

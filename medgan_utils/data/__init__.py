@@ -1,5 +1,16 @@
 """Data: MedMNIST (offline, verified), the fast tensor path, and helpers every chapter needs."""
 
+from .degrade import (
+    apply_mask,
+    box_mask,
+    downsample,
+    gaussian_noise,
+    poisson_noise,
+    rician_noise,
+    stroke_mask,
+    upsample,
+)
+from .folder import ImageFolder, ImageReadError, load_image_folder
 from .medmnist import (
     SIZES,
     SPLITS,
@@ -18,9 +29,17 @@ from .medmnist import (
     to_uint8,
     verify_file,
 )
+from .splits import label_histogram, partition_clients, stratified_subset
 
 __all__ = [
     "SIZES", "SPLITS", "Arrays", "DataIntegrityError", "DataNotFoundError", "TensorLoader",
     "dataset_info", "file_name", "find_medmnist", "load_arrays", "load_medmnist",
     "medmnist_2d_names", "search_roots", "to_float", "to_uint8", "verify_file",
+    # splits.py
+    "label_histogram", "partition_clients", "stratified_subset",
+    # degrade.py
+    "apply_mask", "box_mask", "downsample", "gaussian_noise", "poisson_noise", "rician_noise",
+    "stroke_mask", "upsample",
+    # folder.py
+    "ImageFolder", "ImageReadError", "load_image_folder",
 ]

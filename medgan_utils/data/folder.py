@@ -25,12 +25,13 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -75,6 +76,8 @@ def _kind(path: Path) -> str | None:
         return "raster"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
+    if name == "dicomdir":  # the index of a DICOM CD/export, no pixels of its own
+        return None
     if path.suffix == "":
         # Scanners and PACS exports often write DICOM files without an extension; the
         # 'DICM' marker at byte 128 identifies them without parsing the file.
@@ -87,16 +90,22 @@ def _kind(path: Path) -> str | None:
     return None
 
 
+class _NoPixels(Exception):
+    """A valid DICOM without pixel data (DICOMDIR, structured report, RT plan): not an image."""
+
+
 @contextmanager
 def _quiet_monai():
     # Building LoadImage instantiates every registered reader, and MONAI's GPU DICOM reader
-    # logs and warns "nvImageCodec is not available" on every CPU machine: noise, not news.
+    # logs and warns "nvImageCodec is not available" on every CPU machine; PydicomReader warns
+    # when a 2D DICOM has no ImageOrientationPatient, but its affine is not used here. Noise.
     logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
             yield
     finally:
         logger.setLevel(level)
@@ -106,7 +115,7 @@ def _pil_converter(img):
     return img if img.mode in _PLAIN_PIL_MODES else img.convert("RGBA")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _loader(kind: str):
     """One MONAI ``LoadImage`` per format, built once per process (building one is slow)."""
     from monai.data import NibabelReader, PILReader, PydicomReader
@@ -127,7 +136,7 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
 
     if arr.shape[-1] == 4:
         # Composite on black: transparent areas of a medical image are background, not white.
-        alpha = arr[..., 3:] / (arr[..., 3:].max() or 1.0)
+        alpha = arr[..., 3:] / (65535.0 if arr[..., 3:].max() > 255 else 255.0)
         arr = arr[..., :3] * alpha
     # Float input keeps the stored units (skimage rescales only integer images), so a window
     # given in pixel values still applies after the BT.709 luma weights.
@@ -136,6 +145,20 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
 
 def _read_slices(path: Path, kind: str) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Read one file -> (2D float arrays in display orientation, source suffixes, notes)."""
+    header = None
+    if kind == "dicom":
+        import pydicom
+
+        # defer_size leaves the pixel bytes unread: a cheap look at what the file holds.
+        header = pydicom.dcmread(path, defer_size=1024, force=True)
+        if not any(t in header for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            # force=True "parses" anything, so only a real DICOM object (it names its class)
+            # counts as an image-less DICOM to ignore; a text file named .dcm is an error.
+            meta = getattr(header, "file_meta", None) or {}
+            if "SOPClassUID" in header or "MediaStorageSOPClassUID" in meta \
+                    or "DirectoryRecordSequence" in header:
+                raise _NoPixels(path)
+            raise ValueError("not a DICOM file: no DICOM object class and no pixel data")
     img = _loader(kind)(str(path))
     arr = np.asarray(img.detach().cpu().numpy(), dtype=np.float64)
     notes: list[str] = []
@@ -144,18 +167,12 @@ def _read_slices(path: Path, kind: str) -> tuple[list[np.ndarray], list[str], li
             arr = _to_gray(arr)
             notes.append("colour")
         return [arr], [""], notes
-    if kind == "dicom":
-        import pydicom
-
-        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    if header is not None:
         if int(header.get("SamplesPerPixel", 1)) > 1:
             arr = _to_gray(arr)
             notes.append("colour")
         if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-            # MONOCHROME1 displays high values dark; flipping the sign keeps "bright = bright"
-            # while the window (in stored units) still selects the same values.
-            arr = -arr
-            notes.append("MONOCHROME1")
+            notes.append("MONOCHROME1")  # inverted after windowing, see load_image_folder
         if arr.ndim == 2:
             return [arr], [""], notes
         return list(arr), [f"[frame={k}]" for k in range(len(arr))], notes
@@ -178,9 +195,11 @@ def _read_slices(path: Path, kind: str) -> tuple[list[np.ndarray], list[str], li
 
 
 def _to_unit_range(arrays: list[np.ndarray], window: tuple[float, float] | None) -> torch.Tensor:
-    """One file's slices, (S, H, W) float -> [-1, 1]: the file's min-max, or the window."""
-    from monai.transforms import ScaleIntensityRange
+    """One file's slices, (S, H, W) float -> [-1, 1]: the file's min-max, or the window.
 
+    The formula of MONAI's ``ScaleIntensityRange(clip=True)``, written in NumPy because the
+    MetaTensor round trip costs ~6 ms per 512 px image against 0.3 ms here (2-core CPU).
+    """
     stack = np.stack(arrays)
     if window is None:
         lo, hi = float(stack.min()), float(stack.max())
@@ -188,23 +207,32 @@ def _to_unit_range(arrays: list[np.ndarray], window: tuple[float, float] | None)
             return torch.full(stack.shape, -1.0)
     else:
         lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
-    scale = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)
-    return torch.as_tensor(np.asarray(scale(stack)), dtype=torch.float32)
+    unit = np.clip((stack - lo) / (hi - lo), 0.0, 1.0)
+    return torch.from_numpy(unit * 2 - 1).float()
 
 
 def _fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(H, W) in [-1, 1] -> (size, size): longest side resized to ``size``, then padded with -1."""
-    from monai.transforms import Resize, SpatialPad
+    """(H, W) in [-1, 1] -> (size, size): longest side resized to ``size``, then padded with -1.
 
+    torch's antialiased ``interpolate`` (PIL-style resampling filter) rather than MONAI's
+    ``Resize(anti_aliasing=True)``, which Gaussian-smooths at full resolution first: 36 ms per
+    512 px image against 0.7 ms, i.e. minutes against seconds for the 1,488-image CT/MRI folder.
+    """
     h, w = image.shape
-    x = image[None]
-    if max(h, w) != size:
-        # anti_aliasing smooths before shrinking (a 512 px CT to 64 px would alias otherwise).
-        x = Resize(size, size_mode="longest", mode="bilinear", anti_aliasing=True)(x)
-    if tuple(x.shape[1:]) != (size, size):
-        x = SpatialPad((size, size), method="symmetric", mode="constant", value=-1.0)(x)
-    x = x.as_tensor() if hasattr(x, "as_tensor") else x
-    return x.float().clamp(-1.0, 1.0)
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    x = image[None, None]
+    if (new_h, new_w) != (h, w):
+        # antialias matters only when shrinking (a 512 px CT to 64 px would alias otherwise).
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True,
+                          align_corners=False)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    x = F.pad(x, (left, size - new_w - left, top, size - new_h - top), value=-1.0)
+    return x[0].clamp(-1.0, 1.0)
+
+
+def _some(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def _list_files(root: Path, recursive: bool) -> list[Path]:
@@ -225,8 +253,9 @@ def load_image_folder(
 
     What is read: ``.png .jpg .jpeg .bmp .tif .tiff`` (8/16-bit, grayscale, RGB, RGBA,
     palette), DICOM (``.dcm .dicom .ima`` or no extension with a DICOM header) and NIfTI
-    (``.nii .nii.gz``). Other files (``.txt``, ``.md5``, ``.json``...) and hidden files are
-    ignored and counted in ``notes``. Files are taken in sorted relative-path order.
+    (``.nii .nii.gz``). Files that are not images are ignored and counted in ``notes``: other
+    extensions (``.txt``, ``.md5``, ``.json``...), hidden files, ``DICOMDIR`` and DICOM files
+    without pixel data (reports, RT plans). Files are taken in sorted relative-path order.
 
     What each file becomes:
 
@@ -253,7 +282,7 @@ def load_image_folder(
         window: ``(center, width)`` in stored units, or None for per-file min-max.
         recursive: also read subfolders.
         on_error: what to do with a file that has an image name (or DICOM header) but cannot
-            be read (corrupt, truncated, a text file named ``.png``, a DICOM without pixels):
+            be read (corrupt, truncated, a text file named ``.png``, an unsupported codec):
             ``"raise"`` (default) raises :class:`ImageReadError` naming the file, so a bad
             export is noticed; ``"skip"`` leaves it out with a ``warnings.warn`` naming it.
 
@@ -290,12 +319,15 @@ def load_image_folder(
     sources: list[str] = []
     skipped: list[str] = []
     seen: dict[str, list[str]] = {"colour": [], "MONOCHROME1": [], "4D": []}
-    n_volumes = 0
+    n_volumes = n_files = 0
     for f, kind in candidates:
         name = f.relative_to(base).as_posix()
         try:
             with _quiet_monai():
                 slices, suffixes, flags = _read_slices(f, kind)
+        except _NoPixels:
+            ignored.append(f)
+            continue
         except Exception as err:  # any reader failure of one file: MONAI/PIL/pydicom raise many kinds
             msg = f"cannot read {f} as a {kind} image ({type(err).__name__}: {err})"
             if on_error == "raise":
@@ -304,16 +336,22 @@ def load_image_folder(
             warnings.warn(f"skipping {name}: {msg}", stacklevel=2)
             skipped.append(name)
             continue
-        n_volumes += kind == "nifti" and len(slices) > 1
+        n_files += 1
+        if kind == "nifti" and len(slices) > 1:
+            n_volumes += 1
         for flag in flags:
             seen[flag].append(name)
         scaled = _to_unit_range(slices, window)
+        if "MONOCHROME1" in flags:
+            # MONOCHROME1 displays high values dark. Negating after the window (which is in
+            # stored units) keeps the window's meaning and makes bright = bright as elsewhere.
+            scaled = -scaled
         for img2d, suffix in zip(scaled, suffixes, strict=True):
             images.append(_fit_square(img2d, int(size)))
             sources.append(name + suffix)
 
     if not images:
-        what = (f"{len(skipped)} unreadable file(s) skipped: {', '.join(skipped[:5])}"
+        what = (f"{len(skipped)} unreadable file(s) skipped: {_some(skipped)}"
                 if skipped else "no file with a supported extension")
         raise FileNotFoundError(
             f"no images found in {root.resolve()} ({'recursive' if recursive else 'top level only'};"
@@ -322,7 +360,7 @@ def load_image_folder(
             f"extension."
         )
 
-    notes = [f"{len(images)} images of {size}x{size} from {len(candidates) - len(skipped)} files "
+    notes = [f"{len(images)} image(s) of {size}x{size} from {n_files} file(s) "
              f"in {root.resolve()}" + (" (recursive)" if recursive and root.is_dir() else "")]
     if window is None:
         notes.append("intensity: min-max per file to [-1, 1] (no windowing)")
@@ -339,12 +377,13 @@ def load_image_folder(
     if seen["colour"]:
         notes.append(f"{len(seen['colour'])} colour file(s) converted to grayscale (BT.709 luma)")
     if seen["MONOCHROME1"]:
-        notes.append(f"{len(seen['MONOCHROME1'])} MONOCHROME1 DICOM(s) inverted to bright = high")
+        notes.append(f"{len(seen['MONOCHROME1'])} MONOCHROME1 DICOM(s) inverted (there, high "
+                     f"stored values display dark)")
     if seen["4D"]:
-        notes.append(f"4D NIfTI, first volume only: {', '.join(seen['4D'])}")
+        notes.append(f"4D NIfTI, first volume only: {_some(seen['4D'])}")
     if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}")
+        notes.append(f"skipped {len(skipped)} unreadable file(s): {_some(skipped)}")
     if ignored:
-        notes.append(f"ignored {len(ignored)} file(s) that are not images by name "
-                     f"(e.g. {ignored[0].relative_to(base).as_posix()})")
+        notes.append(f"ignored {len(ignored)} file(s) that are not images (other extension, "
+                     f"DICOM without pixels): {_some([f.relative_to(base).as_posix() for f in ignored])}")
     return ImageFolder(torch.stack(images), sources, notes)

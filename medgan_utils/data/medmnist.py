@@ -279,6 +279,10 @@ class TensorLoader:
         return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
     def __iter__(self):
+        if self.position >= len(self):
+            # State saved right after an epoch's last batch: that epoch is done, start the next
+            # (else the first pass after a resume would be empty and fit() would stop).
+            self.epoch, self.position = self.epoch + 1, 0
         while True:
             order = self._order(self.epoch)
             for b in range(self.position, len(self)):

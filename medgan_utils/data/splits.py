@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+
 def _class_ids(labels: np.ndarray | list) -> tuple[np.ndarray, int]:
     """Labels (N,), (N, 1) or multi-label (N, L) -> class ids (N,) in [0, K) and K.
 

@@ -208,7 +208,12 @@ class GAN:
     def _update_ema(self) -> None:
         if self.G_ema is None:
             return
-        d = self.config.ema
+        # Warm-up (as in Karras et al.'s and timm's EMA): early on the average would be dominated
+        # by the random initial weights, so the decay starts small and grows to config.ema.
+        # The update count comes from Adam's own step counter, which checkpoints save, so a
+        # resumed run continues the same decay schedule.
+        t = float(self.opt_G.state[next(iter(self.G.parameters()))]["step"])
+        d = min(self.config.ema, (1 + t) / (10 + t))
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
             p_ema.lerp_(p.detach(), 1 - d)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):

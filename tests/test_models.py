@@ -1,0 +1,228 @@
+"""Every GAN of chapters 01-04 on small batches: shapes, range, gradients, one real update.
+
+Also the PyTorch-GAN pitfalls: ``BatchNorm2d(c, 0.8)`` sets eps (not momentum), and a WGAN-GP
+critic must not contain BatchNorm (the penalty is per image).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from medgan_utils.models import GAN, Classifier, ClassifierConfig, GANConfig
+from medgan_utils.models.diffaugment import diff_augment
+
+PRESETS = ("gan", "dcgan", "wgan-gp")
+B = 4
+
+
+def make_gan(preset: str, size: int = 28, channels: int = 1, num_classes: int = 0,
+             seed: int = 0, **overrides) -> GAN:
+    torch.manual_seed(seed)
+    cfg = GANConfig.preset(preset, width=8, latent_dim=16, image_size=size, channels=channels,
+                           num_classes=num_classes, **overrides)
+    return GAN(cfg)
+
+
+def make_batch(size: int, channels: int, num_classes: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.rand(B, channels, size, size, generator=g) * 2 - 1
+    labels = torch.arange(B) % max(num_classes, 1)
+    return real, labels
+
+
+def params(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in module.named_parameters()}
+
+
+CASES = list(itertools.product(PRESETS, (28, 64), (1, 3), (0, 3)))
+
+
+@pytest.mark.parametrize(("preset", "size", "channels", "num_classes"), CASES,
+                         ids=[f"{p}-{s}px-{c}ch-{'cond' if k else 'uncond'}" for p, s, c, k in CASES])
+def test_gan_shapes_range_gradients_and_one_update(preset, size, channels, num_classes):
+    gan = make_gan(preset, size, channels, num_classes)
+    real, labels = make_batch(size, channels, num_classes)
+    y = labels if num_classes else None
+
+    # Shapes and range.
+    z = torch.randn(B, 16) * 10  # large z: the tanh must still bound the output
+    fake = gan.G(z, y)
+    assert fake.shape == (B, channels, size, size)
+    assert fake.min() >= -1 and fake.max() <= 1
+    assert gan.D(real, y).shape == (B,)
+    samples = gan.sample(6, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (6, channels, size, size) and samples.abs().max() <= 1
+
+    # One critic update: gradients reach every parameter of D, weights change, losses finite.
+    d_before, g_before = params(gan.D), params(gan.G)
+    logs_d = gan.d_step((real, labels))
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs_d.values())
+    zero_grad = []
+    for name, p in gan.D.named_parameters():
+        assert p.grad is not None, f"D.{name} got no gradient"
+        assert torch.isfinite(p.grad).all()
+        if not p.grad.any():
+            zero_grad.append(name)
+    # A Wasserstein critic's output bias cancels exactly in E[D(fake)] - E[D(real)] (and the GP
+    # does not see it); every other parameter must learn.
+    assert zero_grad == (["head.bias"] if preset == "wgan-gp" else []), zero_grad
+    d_after = params(gan.D)
+    unchanged = [k for k in d_before if torch.equal(d_before[k], d_after[k])]
+    assert unchanged == zero_grad
+    assert all(torch.equal(g_before[k], v) for k, v in params(gan.G).items()), "d_step moved G"
+
+    # One generator update: gradients reach every parameter of G, D is not moved.
+    logs_g = gan.g_step((real, labels))
+    assert set(logs_g) >= {"loss_G", "G_grad_norm"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs_g.values())
+    for name, p in gan.G.named_parameters():
+        assert p.grad is not None and p.grad.any(), f"G.{name} got no gradient"
+    g_after = params(gan.G)
+    assert all(not torch.equal(g_before[k], g_after[k]) for k in g_before)
+    assert all(torch.equal(d_after[k], v) for k, v in params(gan.D).items()), "g_step moved D"
+    expected_d_logs = {"wasserstein", "gp", "grad_norm"} if preset == "wgan-gp" else {"D_real", "D_fake"}
+    assert set(logs_d) == expected_d_logs | {"loss_D"}
+
+
+def test_conditional_gan_needs_labels_and_uses_them():
+    gan = make_gan("dcgan", num_classes=3)
+    real, _ = make_batch(28, 1, 3)
+    with pytest.raises(ValueError, match="labels"):
+        gan.d_step(real)
+    z = torch.randn(2, 16)
+    gan.G.eval()
+    out = [gan.G(z, torch.full((2,), k)) for k in range(3)]
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+    s = gan.sample(5, labels=torch.tensor([0, 1, 2, 0, 1]))
+    assert s.shape == (5, 1, 28, 28)
+
+
+def test_diffaugment_gan_still_trains_g():
+    gan = make_gan("wgan-gp", diffaugment="color,translation,cutout")
+    batch = make_batch(28, 1, 0)
+    assert torch.isfinite(torch.tensor(gan.d_step(batch)["loss_D"]))
+    assert torch.isfinite(torch.tensor(gan.g_step(batch)["loss_G"]))
+    assert all(p.grad is not None and p.grad.any() for p in gan.G.parameters())
+
+
+# --- the PyTorch-GAN pitfalls -------------------------------------------------------------------
+
+
+def _all_models():
+    for preset, k in itertools.product(PRESETS, (0, 3)):
+        for size, c in ((28, 1), (64, 3)):
+            gan = make_gan(preset, size, c, k)
+            yield f"{preset}/{size}/{c}/{k}", [gan.G, gan.D]
+    for c in (1, 3):
+        yield f"classifier/{c}", [Classifier(ClassifierConfig(channels=c, width=4))]
+
+
+def test_every_batchnorm_has_small_eps_and_default_momentum():
+    found = 0
+    for name, modules in _all_models():
+        for m in modules:
+            for sub_name, bn in m.named_modules():
+                if isinstance(bn, _BatchNorm):
+                    found += 1
+                    assert bn.eps < 1e-3, f"{name}: {sub_name} has eps={bn.eps} (BatchNorm2d(c, 0.8)?)"
+                    assert bn.momentum == 0.1, f"{name}: {sub_name} has momentum={bn.momentum}"
+    assert found > 20, "the walk found the DCGAN and classifier BatchNorms"
+
+
+@pytest.mark.parametrize("d_norm", ["layer", "none"])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_wgan_gp_critic_has_no_batchnorm(d_norm, num_classes):
+    for size in (28, 64):
+        gan = make_gan("wgan-gp", size, num_classes=num_classes, d_norm=d_norm)
+        assert not any(isinstance(m, _BatchNorm) for m in gan.D.modules())
+        has_group_norm = any(isinstance(m, nn.GroupNorm) for m in gan.D.modules())
+        assert has_group_norm == (d_norm == "layer")
+    assert any(isinstance(m, _BatchNorm) for m in make_gan("dcgan").D.modules())
+
+
+def test_config_rejects_batchnorm_critic_and_bad_values():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        GANConfig(loss="wgan-gp", d_norm="batch")
+    with pytest.raises(ValueError, match="BatchNorm"):
+        GANConfig.preset("wgan-gp", d_norm="batch")
+    for bad in (dict(arch="resnet"), dict(loss="hinge"), dict(g_loss="minimax"), dict(ema=1.0)):
+        with pytest.raises(ValueError):
+            GANConfig(**bad)
+    with pytest.raises(ValueError, match="preset"):
+        GANConfig.preset("stylegan")
+    with pytest.raises(ValueError, match="image_size"):
+        make_gan("dcgan", size=30)
+
+
+def test_presets_follow_the_papers():
+    assert GANConfig.preset("gan").arch == "mlp"
+    dc = GANConfig.preset("dcgan")
+    assert (dc.arch, dc.loss, dc.d_norm, dc.beta1) == ("dcgan", "bce", "batch", 0.5)
+    wg = GANConfig.preset("wgan-gp")
+    assert (wg.loss, wg.n_critic, wg.gp_lambda, wg.beta1, wg.beta2) == ("wgan-gp", 5, 10.0, 0.0, 0.9)
+    assert wg.d_norm != "batch"
+    assert GANConfig.preset("wgan-gp", n_critic=2).n_critic == 2
+
+
+# --- EMA ----------------------------------------------------------------------------------------
+
+
+def test_ema_moves_toward_g_with_the_right_decay():
+    gan = make_gan("dcgan", ema=0.9)
+    assert gan.G_ema is not None and "G_ema" in gan.modules()
+    assert not any(p.requires_grad for p in gan.G_ema.parameters())
+    batch = make_batch(28, 1, 0)
+    for _ in range(2):
+        old = params(gan.G_ema)
+        gan.d_step(batch)
+        gan.g_step(batch)
+        new_g = params(gan.G)
+        for k, p in gan.G_ema.named_parameters():
+            expected = 0.9 * old[k] + 0.1 * new_g[k]
+            torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
+            assert not torch.equal(p.detach(), old[k])
+        for (k, b_ema), b in zip(gan.G_ema.named_buffers(), gan.G.buffers(), strict=True):
+            assert torch.equal(b_ema, b), f"buffer {k} is copied, not averaged"
+    assert gan.generator_for_export() is gan.G_ema
+    assert make_gan("dcgan").G_ema is None
+
+
+# --- DiffAugment --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_diff_augment_shape_and_gradient(policy):
+    torch.manual_seed(0)
+    x = (torch.rand(6, 3, 28, 28) * 2 - 1).requires_grad_(True)
+    out = diff_augment(x, policy)
+    assert out.shape == x.shape
+    assert not torch.equal(out, x), "the policy changed the images"
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_diff_augment_empty_policy_is_identity_and_unknown_raises():
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(diff_augment(x, ""), x)
+    with pytest.raises(ValueError, match="rotate"):
+        diff_augment(x, "color,rotate")
+
+
+# --- the classifier / feature extractor ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("channels", "size", "classes"), [(1, 28, 2), (3, 64, 8)])
+def test_classifier_shapes_and_gradients(channels, size, classes):
+    torch.manual_seed(0)
+    net = Classifier(ClassifierConfig(channels=channels, num_classes=classes, width=4, stages=3))
+    x = torch.rand(3, channels, size, size) * 2 - 1
+    assert net(x).shape == (3, classes)
+    assert net.features(x).shape == (3, net.feature_dim) and net.feature_dim == 16
+    nn.functional.cross_entropy(net(x), torch.arange(3) % classes).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.any(), name
