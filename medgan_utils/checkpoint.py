@@ -41,6 +41,10 @@ def _write_tmp(path: Path, write) -> str:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        # mkstemp creates 0600 files; give the checkpoint the permissions a normal file gets.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

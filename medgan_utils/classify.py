@@ -41,6 +41,8 @@ class ClassifierTrainConfig:
         batch_size, lr, weight_decay: AdamW settings (cosine decay over max_epochs).
         augment: random flips and small rotations (+-``rotate_deg``) of each training batch.
         seed: weight init, batch order and augmentation.
+        min_steps_per_epoch: an "epoch" (one validation) is at least this many steps, so a
+            27-image subset still gets hundreds of updates within ``max_epochs``.
     """
 
     max_epochs: int = 30
@@ -51,6 +53,7 @@ class ClassifierTrainConfig:
     augment: bool = True
     rotate_deg: float = 10.0
     seed: int = 0
+    min_steps_per_epoch: int = 20
 
 
 def augment_batch(x: torch.Tensor, rotate_deg: float = 10.0) -> torch.Tensor:
@@ -138,7 +141,7 @@ def train_classifier(
     channels = 1 if train_images.ndim == 3 else train_images.shape[-1]
     net = Classifier(net_config or ClassifierConfig(channels=channels, num_classes=num_classes))
     loader = TensorLoader(train_images, train_labels, config.batch_size, device, seed=config.seed)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = max(len(loader), config.min_steps_per_epoch)
     steps = config.max_epochs * steps_per_epoch
     model = ClassifierModel(net, config, steps, device)
     best = {"auc": -1.0, "epoch": 0, "state": None}

@@ -116,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a parameter (value parsed as JSON when possible)")
 
     ex = sub.add_parser("experiment", help="the grids behind chapter 03 (writes results/03_*.json)")
-    ex.add_argument("which", choices=["stability", "small-data"],
+    ex.add_argument("which", choices=["stability", "small-data", "augmentation"],
                     help="stability: DCGAN vs WGAN-GP over learning rates and seeds (FD over training, "
-                         "divergence, class coverage); small-data: EMA and DiffAugment on a small set")
+                         "divergence, class coverage); small-data: EMA and DiffAugment on a small set; "
+                         "augmentation: chapter 04's conditional-GAN augmentation grid")
     _data_args(ex)
     ex.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 2e-3])
     ex.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -126,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--eval-every", type=int, default=100, help="steps between FD evaluations")
     ex.add_argument("--n-eval", type=int, default=1000, help="images per FD evaluation")
     ex.add_argument("--batch-size", type=int, default=64)
-    ex.add_argument("--name", default=None, help="results file name (default: 03_<which>)")
+    ex.add_argument("--name", default=None, help="results file name (default: 03_<which>, "
+                    "04_augmentation_<dataset>)")
+    ex.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 1.0],
+                    help="augmentation: training-set fractions")
+    ex.add_argument("--gan-steps", type=int, default=2000,
+                    help="augmentation: cGAN steps on the full set (scaled by sqrt(fraction))")
 
     d = sub.add_parser("download", help="fetch a MedMNIST file through medmnist (needs the internet)")
     d.add_argument("name")
@@ -310,6 +316,8 @@ def cmd_experiment(ns) -> int:
     from .train import FitConfig
 
     device = _setup(ns)
+    if ns.which == "augmentation":
+        return _augmentation(ns, device)
     train, test = load_arrays(ns.dataset, "train", ns.size, ns.root), load_arrays(ns.dataset, "test", ns.size, ns.root)
     extractor = load_extractor(ns.dataset, ns.size, device)
     base = dict(channels=train.n_channels, image_size=ns.size)
@@ -331,6 +339,23 @@ def cmd_experiment(ns) -> int:
     path = run.finish(summary, extra={"runs": results, "command": "medgan " + " ".join(sys.argv[1:])})
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")
+    return 0
+
+
+def _augmentation(ns, device) -> int:
+    from .augmentation import augmentation_experiment
+    from .data import load_arrays
+    from .results import start_run
+
+    tr, va, te = (load_arrays(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))
+    name = ns.name or f"04_augmentation_{ns.dataset}"
+    run = start_run(name, vars(ns) | {"root": None}, device)
+    res = augmentation_experiment(tr, va, te, ns.fractions, ns.seeds, ns.gan_steps, device,
+                                  work_dir=Path("runs") / name)
+    path = run.finish(res["summary"], extra={"per_fraction": res["per_fraction"], "gans": res["gans"],
+                                              "command": "medgan " + " ".join(sys.argv[1:])})
+    print(json.dumps(res["summary"], indent=1))
+    print(f"wrote {path}; cGANs in runs/{name}/")
     return 0
 
 

@@ -89,5 +89,5 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] 
     return "\n".join(lines)
 
 
-METRIC_KEYS = ("fd", "floor_fd", "fd_ratio", "kid_mean", "precision", "recall", "density",
+METRIC_KEYS = ("fd", "floor_fd", "fd_ratio", "heldout_fd_ratio", "kid_mean", "precision", "recall", "density",
                "coverage", "floor_recall", "floor_coverage")

@@ -33,6 +33,8 @@ class ClassifierConfig:
         width: channels of the first stage (doubles per stage).
         stages: number of stages (each two basic blocks).
         dropout: before the final linear layer.
+        stem_stride: 1 keeps full resolution in the first stage (the feature extractors); 2
+            halves it first, ~4x cheaper (chapter 04 trains 200 classifiers on a CPU).
     """
 
     channels: int = 1
@@ -40,6 +42,7 @@ class ClassifierConfig:
     width: int = 32
     stages: int = 3
     dropout: float = 0.2
+    stem_stride: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +69,7 @@ class Classifier(nn.Module):
     def __init__(self, config: ClassifierConfig = ClassifierConfig()):
         super().__init__()
         self.config = c = config
-        self.stem = nn.Sequential(nn.Conv2d(c.channels, c.width, 3, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(c.channels, c.width, 3, stride=c.stem_stride, padding=1, bias=False),
                                   nn.BatchNorm2d(c.width), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
         c_in = c.width
