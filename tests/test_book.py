@@ -260,3 +260,11 @@ def test_equation_typeset_by_local_mathjax_in_offline_browser(built_book, tmp_pa
     font_urls = set(re.findall(r"url\(\"?([^\")]+\.woff2?)\"?\)", dom))
     remote_fonts = sorted(u for u in font_urls if not u.startswith("file://"))
     assert font_urls and not remote_fonts, f"MathJax fonts not local: {remote_fonts or 'none'}"
+
+
+@pytest.mark.book
+def test_article_findings_match_results():
+    """The article's numbers are generated from results/*.json, never typed in."""
+    proc = subprocess.run([sys.executable, str(REPO / "book" / "make_findings.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
