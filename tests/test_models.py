@@ -177,13 +177,17 @@ def test_ema_moves_toward_g_with_the_right_decay():
     assert gan.G_ema is not None and "G_ema" in gan.modules()
     assert not any(p.requires_grad for p in gan.G_ema.parameters())
     batch = make_batch(28, 1, 0)
-    for _ in range(2):
+    for t in (1, 2, 30):
+        while float(gan.opt_G.state.get(next(iter(gan.G.parameters())), {}).get("step", 0)) < t - 1:
+            gan.g_step(batch)
         old = params(gan.G_ema)
         gan.d_step(batch)
         gan.g_step(batch)
         new_g = params(gan.G)
+        # warm-up: the decay grows as (1 + t) / (10 + t) until it reaches the configured 0.9
+        d = min(0.9, (1 + t) / (10 + t))
         for k, p in gan.G_ema.named_parameters():
-            expected = 0.9 * old[k] + 0.1 * new_g[k]
+            expected = d * old[k] + (1 - d) * new_g[k]
             torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
             assert not torch.equal(p.detach(), old[k])
         for (k, b_ema), b in zip(gan.G_ema.named_buffers(), gan.G.buffers(), strict=True):

@@ -66,7 +66,24 @@ class MLPGenerator(nn.Module):
         return self.net(z).view(-1, *self.shape)
 
 
-class MLPDiscriminator(nn.Module):
+class _ProjectionDiscriminator(nn.Module):
+    """Shared forward of the discriminators: features ``h = body(x)``, score ``head(h)``, plus the
+    projection ``<embed(y), h>`` when conditional. Subclasses build ``body``, ``head``, ``cond``."""
+
+    body: nn.Module
+    head: nn.Linear
+    cond: _Conditioner
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        self.cond.check(labels)
+        h = self.body(x)
+        out = self.head(h).squeeze(1)
+        if self.cond.embed is not None:
+            out = out + (self.cond.embed(labels) * h).sum(1)
+        return out
+
+
+class MLPDiscriminator(_ProjectionDiscriminator):
     """images (B, C, H, W) [+ labels] -> one logit/score per image (B,)."""
 
     def __init__(self, channels: int = 1, image_size: int = 28, hidden: int = 256,
@@ -80,13 +97,6 @@ class MLPDiscriminator(nn.Module):
         self.head = nn.Linear(hidden, 1)
         self.cond = _Conditioner(num_classes, hidden)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        self.cond.check(labels)
-        h = self.body(x)
-        out = self.head(h).squeeze(1)
-        if self.cond.embed is not None:
-            out = out + (self.cond.embed(labels) * h).sum(1)
-        return out
 
 
 class DCGANGenerator(nn.Module):
@@ -122,7 +132,7 @@ class DCGANGenerator(nn.Module):
         return self.body(self.project(z))
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(_ProjectionDiscriminator):
     """(Conv 4x4/2, norm, LeakyReLU 0.2) per stage, then a linear score (B,).
 
     ``norm="batch"`` is the DCGAN recipe; a WGAN-GP critic must not use BatchNorm (the penalty is
@@ -152,13 +162,6 @@ class DCGANDiscriminator(nn.Module):
         self.head = nn.Linear(feat, 1)
         self.cond = _Conditioner(num_classes, feat)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        self.cond.check(labels)
-        h = self.body(x)
-        out = self.head(h).squeeze(1)
-        if self.cond.embed is not None:
-            out = out + (self.cond.embed(labels) * h).sum(1)
-        return out
 
 
 def init_weights(module: nn.Module) -> None:
