@@ -101,6 +101,10 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
         # MONAI (1.6) still passes scipy.linalg.sqrtm(disp=False), deprecated in SciPy 1.17.
         warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated.*",
                                 category=DeprecationWarning)
+        # A collapsed generator gives a singular covariance; sqrtm then warns, but the distance
+        # is still finite and (correctly) large, which is the answer we want to report.
+        warnings.filterwarnings("ignore", message=".*[Ss]ingular.*")
+        warnings.filterwarnings("ignore", message=".*invalid value encountered in scalar divide.*")
         return float(FIDMetric()(a.cpu(), b.cpu()))
 
 

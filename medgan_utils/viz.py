@@ -69,7 +69,7 @@ def plot_history(records: Sequence[Mapping[str, float]], keys: Sequence[str] | N
     ax.set_xlabel("generator step")
     ax.set_title(title)
     if logy:
-        ax.set_yscale("symlog")
+        ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
