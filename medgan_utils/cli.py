@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--gan-steps", type=int, default=2000,
                     help="augmentation: cGAN steps on the full set (scaled by sqrt(fraction))")
 
+    cg = sub.add_parser("train-cgan", help="train chapter 04's conditional GANs on stratified subsets "
+                        "and ship them to checkpoints/cgan_<dataset>_<size>_f<fraction>.safetensors")
+    _data_args(cg)
+    cg.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    cg.add_argument("--gan-steps", type=int, default=2000,
+                    help="steps on the full set (scaled by sqrt(fraction), at least 600)")
+
     d = sub.add_parser("download", help="fetch a MedMNIST file through medmnist (needs the internet)")
     d.add_argument("name")
     d.add_argument("--size", type=int, default=28)
@@ -342,6 +349,27 @@ def cmd_experiment(ns) -> int:
     return 0
 
 
+def cmd_train_cgan(ns) -> int:
+    import math
+
+    from .augmentation import cgan_config, train_cgan
+    from .data import load_arrays, stratified_subset
+    from .pretrained import CHECKPOINT_DIR, export_gan
+
+    device = _setup(ns)
+    train = load_arrays(ns.dataset, "train", ns.size, ns.root)
+    for frac in ns.fractions:
+        idx = stratified_subset(train.labels, frac, seed=0)
+        steps = int(max(min(600, ns.gan_steps), round(ns.gan_steps * math.sqrt(frac))))
+        gan, hist = train_cgan(train.images[idx], train.labels[idx], cgan_config(train), steps,
+                               seed=0, device=device)
+        path = export_gan(gan, CHECKPOINT_DIR / f"cgan_{ns.dataset}_{ns.size}_f{frac:g}.safetensors", hist,
+                          dataset=ns.dataset, size=ns.size, fraction=frac, n_real=int(len(idx)),
+                          steps=steps, subset_seed=0, wall_s=round(hist.wall_s, 1))
+        print(f"{path}: {steps} steps on {len(idx)} images in {hist.wall_s:.0f} s", flush=True)
+    return 0
+
+
 def _augmentation(ns, device) -> int:
     from .augmentation import augmentation_experiment
     from .data import load_arrays
@@ -363,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
                "train-extractor": cmd_train_extractor, "download": cmd_download,
-               "run-notebooks": cmd_run_notebooks, "experiment": cmd_experiment}[ns.command]
+               "run-notebooks": cmd_run_notebooks, "experiment": cmd_experiment,
+               "train-cgan": cmd_train_cgan}[ns.command]
     return handler(ns)
 
 
