@@ -2,7 +2,8 @@
 
     python benchmarks/gan_throughput.py [--steps 30] [--threads 2]
 
-Writes results/benchmark_gan_throughput.json so a reader can plan a full run; runs on CUDA
+Writes results/benchmark_gan_throughput.json so a reader can plan a full run (peak memory on CPU
+is the process's peak RSS so far, torch included: it only grows from model to model); runs on CUDA
 when one is present (MEDGAN_DEVICE=cpu forces the CPU). Timings live here, never in tests.
 """
 
@@ -34,7 +35,7 @@ def main() -> None:
     run = start_run("benchmark_gan_throughput", vars(ns) | {"threads": torch.get_num_threads()}, device)
     train = load_arrays(ns.dataset, "train", 28)
     presets = {"gan": {}, "dcgan": {}, "dcgan_ema": {"ema": 0.999}, "wgan-gp": {},
-               "wgan-gp_w16": {"width": 16}}
+               "wgan-gp_w32": {"width": 32}}
     metrics = {}
     for name, extra in presets.items():
         cfg = GANConfig.preset(name.split("_")[0], channels=train.n_channels, image_size=28, **extra)
