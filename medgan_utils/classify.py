@@ -26,9 +26,7 @@ from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from .data import Arrays, TensorLoader, to_float
 from .models.classifier import Classifier, ClassifierConfig
 from .train import FitConfig, fit
-from .utils import REPO_ROOT
-
-CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+from .utils import CHECKPOINT_DIR, RUNS_DIR
 
 
 @dataclass(frozen=True)
@@ -203,7 +201,7 @@ def get_extractor(dataset: str, size: int = 28, device: torch.device | str = "cp
         return load_extractor(dataset, size, device), f"shipped ({extractor_path(dataset, size).name})"
     except FileNotFoundError:
         pass
-    local = REPO_ROOT / "runs" / extractor_path(dataset, size).name
+    local = RUNS_DIR / extractor_path(dataset, size).name
     if local.exists():
         return load_classifier(local, device), f"trained earlier ({local})"
     from .data import dataset_info, load_arrays

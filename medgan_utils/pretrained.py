@@ -20,10 +20,7 @@ import torch
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from .models.gan import GAN, GANConfig
 from .train import FitConfig, History, fit
-from .utils import REPO_ROOT
-
-CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
-RUNS_DIR = REPO_ROOT / "runs"
+from .utils import CHECKPOINT_DIR, RUNS_DIR
 
 
 def export_gan(gan: GAN, path: str | os.PathLike, history: History | None = None, **facts: Any) -> Path:

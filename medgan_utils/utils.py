@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_DIR = REPO_ROOT / "checkpoints"  # shipped weights (safetensors, < 10 MB each)
+RUNS_DIR = REPO_ROOT / "runs"  # training runs, resumable (git-ignored)
 
 
 def seed_everything(seed: int) -> None:
