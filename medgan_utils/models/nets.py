@@ -74,12 +74,26 @@ class _ProjectionDiscriminator(nn.Module):
     head: nn.Linear
     cond: _Conditioner
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux: nn.Linear | None = None
+
+    def add_aux_classifier(self, num_classes: int) -> None:
+        """Add AC-GAN's auxiliary class head (Odena et al. 2017) on the shared features."""
+        self.aux = nn.Linear(self.head.in_features, num_classes)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                return_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B,); with ``return_aux`` also the auxiliary class logits (B, num_classes)."""
         self.cond.check(labels)
         h = self.body(x)
         out = self.head(h).squeeze(1)
         if self.cond.embed is not None:
             out = out + (self.cond.embed(labels) * h).sum(1)
+        if return_aux:
+            if self.aux is None:
+                raise ValueError("this discriminator has no auxiliary classifier (aux_weight=0)")
+            return out, self.aux(h)
         return out
 
 
