@@ -34,6 +34,7 @@ from .models.classifier import ClassifierConfig
 from .models.gan import GAN, GANConfig
 from .train import FitConfig, fit
 
+AUGMENTATION_DATASETS = ("breastmnist", "pneumoniamnist")  # the stored study's data sets
 ARMS = ("real", "real+classic", "synthetic", "real+syn1:1", "real+syn1:2")
 
 
@@ -54,6 +55,12 @@ def cgan_config(train: Arrays, **overrides) -> GANConfig:
     base = dict(channels=train.n_channels, image_size=train.size, num_classes=len(train.class_names),
                 width=16, ema=0.999, diffaugment="color,translation,cutout")
     return GANConfig.preset("dcgan", **{**base, **overrides})
+
+
+def cgan_steps(gan_steps: int, fraction: float) -> int:
+    """Steps for a cGAN on ``fraction`` of the data: ``max(600, gan_steps * sqrt(fraction))``
+    (fewer images need fewer steps, but not proportionally fewer: G still has to learn to draw)."""
+    return int(max(min(600, gan_steps), round(gan_steps * math.sqrt(fraction))))
 
 
 def train_cgan(images: np.ndarray, labels: np.ndarray, config: GANConfig, steps: int,
@@ -155,55 +162,85 @@ def summarize_arms(per_fraction: dict[str, dict[str, list[dict]]]) -> dict[str, 
     return flat
 
 
+GAN_FREE_ARMS = ("real", "real+classic")  # arms whose data do not depend on the generator
+
+
 def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions: Sequence[float],
                             seeds: Sequence[int], gan_steps: int, device: torch.device | str = "cpu",
                             arms: Sequence[str] = ARMS, subset_seed: int = 0,
-                            log=print, work_dir=None) -> dict:
-    """The whole grid for one data set; returns ``{"per_fraction", "gans", "summary"}``.
+                            log=print, work_dir=None, gan_overrides: dict | None = None,
+                            clf: ClassifierTrainConfig | None = None) -> dict:
+    """The whole grid for one data set; returns ``{"per_fraction", "gans", "summary", "models"}``.
 
-    ``gan_steps`` is for the full training set; a subset with fraction ``f`` gets
-    ``max(600, gan_steps * sqrt(f))`` steps (fewer images need fewer steps, but not
-    proportionally fewer: the generator still has to learn to draw).
+    ``gan_steps`` is for the full training set; a subset gets :func:`cgan_steps`. ``gan_overrides`` change
+    :func:`cgan_config` (e.g. ``{"aux_weight": 1.0}``); ``clf`` the classifier recipe
+    (default :func:`downstream_recipe`).
 
     With ``work_dir``, each finished fraction is saved there (its cGAN as safetensors, its
-    scores as JSON) and skipped when the experiment is run again: a killed run resumes.
+    scores as JSON), so a killed run resumes. A fraction whose saved cGAN has the same config
+    and steps and whose scores cover every requested arm and seed is skipped. When the
+    generator changed, a new one is trained and only the arms that use it are re-run: the
+    scores of ``real`` and ``real+classic`` (:data:`GAN_FREE_ARMS`) are kept for the seeds
+    they already have.
     """
     import json
     from pathlib import Path
 
     from .pretrained import export_gan, load_gan
 
+    config = cgan_config(train, **(gan_overrides or {}))
     per_fraction, gans, trained = {}, {}, {}
     work = Path(work_dir) if work_dir else None
     for frac in fractions:
         key = f"{frac:g}"
-        done = work / f"fraction_{key}.json" if work else None
-        if done is not None and done.exists():
-            rec = json.loads(done.read_text())
-            per_fraction[key], gans[key] = rec["arms"], rec["gan"]
-            trained[key] = load_gan(work / f"cgan_{key}.safetensors", device)[0]
-            log(f"[{train.name} {frac:.0%}] done earlier: {done}")
-            continue
         idx = stratified_subset(train.labels, frac, seed=subset_seed)
         images, labels = train.images[idx], train.labels[idx]
-        steps = int(max(min(600, gan_steps), round(gan_steps * math.sqrt(frac))))
+        steps = cgan_steps(gan_steps, frac)
+        done = work / f"fraction_{key}.json" if work else None
+        rec = json.loads(done.read_text()) if done is not None and done.exists() else None
+        gan, scored = None, False  # a saved cGAN of this config; scores made with it
+        if work is not None and (work / f"cgan_{key}.safetensors").exists():
+            saved, meta = load_gan(work / f"cgan_{key}.safetensors", device)
+            if saved.config == config and meta.get("steps") == steps:
+                gan = saved
+                scored = rec is not None and GANConfig(**rec.get("gan_config", meta["gan"])) == config
+        old_arms = rec["arms"] if rec else {}
+        have = {arm: {r["seed"]: r for r in runs} for arm, runs in old_arms.items()
+                if scored or arm in GAN_FREE_ARMS}
+        todo = [a for a in arms if not all(s in have.get(a, {}) for s in seeds)]
+        if scored and not todo:
+            per_fraction[key] = {a: [have[a][s] for s in seeds] for a in arms}
+            gans[key], trained[key] = rec["gan"], gan
+            log(f"[{train.name} {frac:.0%}] done earlier: {done}")
+            continue
+        if gan is None:
+            t0 = time.perf_counter()
+            gan, hist = train_cgan(images, labels, config, steps, seed=subset_seed, device=device)
+            gan_s = time.perf_counter() - t0
+            log(f"[{train.name} {frac:.0%}] cGAN on {len(idx)} images: {steps} steps, {gan_s:.0f} s")
+            gans[key] = {"n_real": int(len(idx)), "steps": steps, "train_seconds": round(gan_s, 1),
+                         "history": hist.records[-1:] if hist.records else []}
+            if work is not None:
+                work.mkdir(parents=True, exist_ok=True)
+                export_gan(gan, work / f"cgan_{key}.safetensors", hist, dataset=train.name,
+                           size=train.size, fraction=frac, n_real=int(len(idx)), steps=steps,
+                           subset_seed=subset_seed, train_seconds=gans[key]["train_seconds"])
+        else:  # trained earlier, killed before (all) its arms were scored
+            gans[key] = {"n_real": int(len(idx)), "steps": steps,
+                         "train_seconds": meta.get("train_seconds", rec["gan"]["train_seconds"] if rec else None),
+                         "history": rec["gan"]["history"] if rec else []}
         t0 = time.perf_counter()
-        gan, hist = train_cgan(images, labels, cgan_config(train), steps, seed=subset_seed, device=device)
-        gan_s = time.perf_counter() - t0
-        log(f"[{train.name} {frac:.0%}] cGAN on {len(idx)} images: {steps} steps, {gan_s:.0f} s")
-        t0 = time.perf_counter()
-        per_fraction[key] = run_arms(images, labels, gan, val, test, seeds, arms, device)
-        log(f"[{train.name} {frac:.0%}] {len(arms)} arms x {len(seeds)} seeds: {time.perf_counter() - t0:.0f} s; "
+        new = run_arms(images, labels, gan, val, test, seeds, todo, device, clf) if todo else {}
+        per_fraction[key] = {a: new[a] if a in new else [have[a][s] for s in seeds] for a in arms}
+        log(f"[{train.name} {frac:.0%}] ran {', '.join(todo)} x {len(seeds)} seeds "
+            f"({', '.join(a for a in arms if a not in todo) or 'nothing'} kept): "
+            f"{time.perf_counter() - t0:.0f} s; "
             + ", ".join(f"{a} {np.mean([r['auc'] for r in v]):.3f}" for a, v in per_fraction[key].items()))
-        gans[key] = {"n_real": int(len(idx)), "steps": steps, "train_seconds": round(gan_s, 1),
-                     "history": hist.records[-1:] if hist.records else []}
         trained[key] = gan
         if work is not None:
-            work.mkdir(parents=True, exist_ok=True)
-            export_gan(gan, work / f"cgan_{key}.safetensors", hist, dataset=train.name, size=train.size,
-                       fraction=frac, n_real=int(len(idx)), steps=steps, subset_seed=subset_seed)
             tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"arms": per_fraction[key], "gan": gans[key]}, indent=1))
+            tmp.write_text(json.dumps({"arms": per_fraction[key], "gan": gans[key],
+                                       "gan_config": config.to_dict()}, indent=1))
             tmp.replace(done)
     return {"per_fraction": per_fraction, "gans": gans, "summary": summarize_arms(per_fraction),
-            "models": trained}
+            "models": trained, "gan_config": config.to_dict()}

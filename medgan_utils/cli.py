@@ -133,11 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="augmentation: training-set fractions")
     ex.add_argument("--gan-steps", type=int, default=2000,
                     help="augmentation: cGAN steps on the full set (scaled by sqrt(fraction))")
+    ex.add_argument("--aux-weight", type=float, default=None,
+                    help="augmentation: the cGAN's AC-GAN auxiliary-classifier weight "
+                         "(default: medgan_utils.augmentation.cgan_config's)")
 
     cg = sub.add_parser("train-cgan", help="train chapter 04's conditional GANs on stratified subsets "
                         "and ship them to checkpoints/cgan_<dataset>_<size>_f<fraction>.safetensors")
     _data_args(cg)
     cg.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    cg.add_argument("--aux-weight", type=float, default=None,
+                    help="the AC-GAN auxiliary-classifier weight (default: cgan_config's)")
     cg.add_argument("--gan-steps", type=int, default=2000,
                     help="steps on the full set (scaled by sqrt(fraction), at least 600)")
 
@@ -350,9 +355,8 @@ def cmd_experiment(ns) -> int:
 
 
 def cmd_train_cgan(ns) -> int:
-    import math
 
-    from .augmentation import cgan_config, train_cgan
+    from .augmentation import cgan_config, cgan_steps, train_cgan
     from .data import load_arrays, stratified_subset
     from .pretrained import CHECKPOINT_DIR, export_gan
 
@@ -360,8 +364,9 @@ def cmd_train_cgan(ns) -> int:
     train = load_arrays(ns.dataset, "train", ns.size, ns.root)
     for frac in ns.fractions:
         idx = stratified_subset(train.labels, frac, seed=0)
-        steps = int(max(min(600, ns.gan_steps), round(ns.gan_steps * math.sqrt(frac))))
-        gan, hist = train_cgan(train.images[idx], train.labels[idx], cgan_config(train), steps,
+        steps = cgan_steps(ns.gan_steps, frac)
+        overrides = {} if ns.aux_weight is None else {"aux_weight": ns.aux_weight}
+        gan, hist = train_cgan(train.images[idx], train.labels[idx], cgan_config(train, **overrides), steps,
                                seed=0, device=device)
         path = export_gan(gan, CHECKPOINT_DIR / f"cgan_{ns.dataset}_{ns.size}_f{frac:g}.safetensors", hist,
                           dataset=ns.dataset, size=ns.size, fraction=frac, n_real=int(len(idx)),
@@ -371,19 +376,25 @@ def cmd_train_cgan(ns) -> int:
 
 
 def _augmentation(ns, device) -> int:
-    from .augmentation import augmentation_experiment
+    from .augmentation import AUGMENTATION_DATASETS, augmentation_experiment
     from .data import load_arrays
-    from .results import start_run
+    from .results import combine_results, start_run
 
     tr, va, te = (load_arrays(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))
     name = ns.name or f"04_augmentation_{ns.dataset}"
     run = start_run(name, vars(ns) | {"root": None}, device)
+    overrides = {} if ns.aux_weight is None else {"aux_weight": ns.aux_weight}
     res = augmentation_experiment(tr, va, te, ns.fractions, ns.seeds, ns.gan_steps, device,
-                                  work_dir=Path("runs") / name)
+                                  work_dir=Path("runs") / name, gan_overrides=overrides)
     path = run.finish(res["summary"], extra={"per_fraction": res["per_fraction"], "gans": res["gans"],
+                                              "gan_config": res["gan_config"],
                                               "command": "medgan " + " ".join(sys.argv[1:])})
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {path}; cGANs in runs/{name}/")
+    if ns.name is None:  # the chapter's one file: every data set's study, prefixed by its name
+        both = combine_results("04_augmentation", {ds: f"04_augmentation_{ds}" for ds in AUGMENTATION_DATASETS},
+                               root=path.parent)
+        print(f"wrote {both}")
     return 0
 
 

@@ -109,6 +109,35 @@ def start_run(notebook: str, params: Mapping[str, Any], device: torch.device | N
     return NotebookRun(notebook, dict(params), device)
 
 
+def combine_results(name: str, parts: Mapping[str, str], root: str | os.PathLike | None = None) -> Path:
+    """Write ``results/<name>.json`` from several results files, e.g. one per data set.
+
+    ``parts`` maps a prefix to a results name: ``{"breastmnist": "04_augmentation_breastmnist"}``.
+    Metrics become ``"<prefix>/<metric>"``; each part's provenance (params, commit, versions,
+    device, wall time, command) is kept under ``extra.parts``, so nothing about how each number
+    was produced is lost. Missing parts are skipped; at least one must exist.
+    """
+    out = Path(root or RESULTS_DIR)
+    found = {k: out / f"{v}.json" for k, v in parts.items() if (out / f"{v}.json").exists()}
+    if not found:
+        raise FileNotFoundError(f"none of {[f'{v}.json' for v in parts.values()]} exists in {out}")
+    metrics, provenance = {}, {}
+    for prefix, path in found.items():
+        rec = json.loads(path.read_text())
+        metrics.update({f"{prefix}/{k}": v for k, v in rec["metrics"].items()})
+        provenance[prefix] = {"file": path.name, **{k: rec.get(k) for k in (
+            "params", "commit", "versions", "device", "wall_s", "peak_memory_mb")},
+            "command": rec.get("extra", {}).get("command")}
+    record = {"notebook": name, "commit": git_commit(), "metrics": metrics,
+              "wall_s": round(sum(p["wall_s"] or 0 for p in provenance.values()), 2),
+              "extra": {"parts": provenance}}
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def load_results(notebook: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read ``results/<notebook>.json`` (e.g. to show the full experiment's table)."""
     path = Path(root or RESULTS_DIR) / f"{notebook}.json"
