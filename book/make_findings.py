@@ -77,22 +77,24 @@ def render() -> str:
                  f"{_f(m.get(n + '/recall_mean'), 2)} | {_f(m.get(n + '/coverage_mean'), 2)} |" for n in names]
         out += [f"**BreastMNIST, 546 images: EMA and DiffAugment** (`{sd['extra']['command']}`, commit {sd['commit']}):", "",
                 "| WGAN-GP variant | FD / floor | recall | coverage |", "|---|---|---|---|", *lines, ""]
-    for ds in BASELINE:
-        a = _load(f"04_augmentation_{ds}")
-        if not a:
-            continue
-        m = a["metrics"]
+    study = _load("04_augmentation")
+    for ds, part in (study["extra"]["parts"].items() if study else []):
+        m = {k.split("/", 1)[1]: v for k, v in study["metrics"].items() if k.startswith(ds + "/")}
         bits = []
         if "1/real/auc_mean" in m:
             bits.append(f"real-only at 100 %: AUC {_f(m['1/real/auc_mean'])} ± {_f(m['1/real/auc_std'])} "
                         f"(ResNet-18 baseline {BASELINE[ds][0]})")
         if "1/tstr_over_trtr" in m:
-            bits.append(f"TSTR/TRTR at 100 %: {_f(m['1/tstr_over_trtr'])}")
+            first = _load(f"04_augmentation_{ds}_projection_only")
+            was = first and first["metrics"].get("1/tstr_over_trtr")
+            bits.append(f"TSTR/TRTR at 100 %: {_f(m['1/tstr_over_trtr'])}"
+                        + (f" (first generator, projection only: {_f(was)})" if was else ""))
         for arm in ("real+syn1:1", "real+syn1:2", "real+classic"):
             if f"0.1/{arm}/auc_gain_mean" in m:
                 bits.append(f"{arm} vs real at 10 %: {100 * m[f'0.1/{arm}/auc_gain_mean']:+.1f} pp "
                             f"(95 % CI ± {100 * m.get(f'0.1/{arm}/auc_gain_ci95', float('nan')):.1f})")
-        out += [f"**Augmentation, {ds}** (`{a['extra']['command']}`, commit {a['commit']}): " + "; ".join(bits) + ".", ""]
+        out += [f"**Augmentation, {ds}** (`{part['command']}`, commit {part['commit']}, "
+                f"results/04_augmentation.json): " + "; ".join(bits) + ".", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
