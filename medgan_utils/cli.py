@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "04_augmentation_<dataset>)")
     ex.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 1.0],
                     help="augmentation: training-set fractions")
-    ex.add_argument("--gan-steps", type=int, default=2000,
-                    help="augmentation: cGAN steps on the full set (scaled by sqrt(fraction))")
+    ex.add_argument("--gan-steps", type=int, default=None,
+                    help="augmentation: cGAN steps on the full set, scaled by sqrt(fraction) "
+                         "(default: the stored study's, 4000 for breastmnist, else 2000)")
     ex.add_argument("--aux-weight", type=float, default=None,
                     help="augmentation: the cGAN's AC-GAN auxiliary-classifier weight "
                          "(default: medgan_utils.augmentation.cgan_config's)")
@@ -143,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
     cg.add_argument("--aux-weight", type=float, default=None,
                     help="the AC-GAN auxiliary-classifier weight (default: cgan_config's)")
-    cg.add_argument("--gan-steps", type=int, default=2000,
-                    help="steps on the full set (scaled by sqrt(fraction), at least 600)")
+    cg.add_argument("--gan-steps", type=int, default=None,
+                    help="steps on the full set, scaled by sqrt(fraction), at least 600 "
+                         "(default: the stored study's, 4000 for breastmnist, else 2000)")
 
     d = sub.add_parser("download", help="fetch a MedMNIST file through medmnist (needs the internet)")
     d.add_argument("name")
@@ -356,11 +358,12 @@ def cmd_experiment(ns) -> int:
 
 def cmd_train_cgan(ns) -> int:
 
-    from .augmentation import cgan_config, cgan_steps, train_cgan
+    from .augmentation import cgan_config, cgan_steps, study_gan_steps, train_cgan
     from .data import load_arrays, stratified_subset
     from .pretrained import CHECKPOINT_DIR, export_gan
 
     device = _setup(ns)
+    ns.gan_steps = study_gan_steps(ns.dataset, ns.gan_steps)
     train = load_arrays(ns.dataset, "train", ns.size, ns.root)
     for frac in ns.fractions:
         idx = stratified_subset(train.labels, frac, seed=0)
@@ -376,10 +379,11 @@ def cmd_train_cgan(ns) -> int:
 
 
 def _augmentation(ns, device) -> int:
-    from .augmentation import AUGMENTATION_DATASETS, augmentation_experiment
+    from .augmentation import AUGMENTATION_DATASETS, augmentation_experiment, study_gan_steps
     from .data import load_arrays
     from .results import combine_results, start_run
 
+    ns.gan_steps = study_gan_steps(ns.dataset, ns.gan_steps)
     tr, va, te = (load_arrays(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))
     name = ns.name or f"04_augmentation_{ns.dataset}"
     run = start_run(name, vars(ns) | {"root": None}, device)

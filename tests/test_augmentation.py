@@ -79,6 +79,12 @@ def test_cgan_steps_scale_with_sqrt_fraction():
     assert aug.cgan_steps(4, 0.05) == 4  # tiny budgets are not inflated to the floor
 
 
+def test_study_gan_steps_default_per_dataset():
+    assert aug.study_gan_steps("breastmnist") == 4000
+    assert aug.study_gan_steps("pneumoniamnist") == 2000 == aug.study_gan_steps("dermamnist")
+    assert aug.study_gan_steps("breastmnist", 123) == 123
+
+
 def test_summarize_arms_pairs_by_seed_with_a_95_ci():
     runs = {"0.1": {
         "real": [{"seed": s, "auc": a, "acc": 0.5} for s, a in enumerate([0.70, 0.80, 0.75])],
