@@ -106,6 +106,7 @@ def test_experiment_resumes_and_a_new_generator_reruns_only_its_arms(breast, tmp
     small = dict(train=train, val=val, test=test, fractions=[0.05, 0.1], seeds=[0, 1], gan_steps=3,
                  work_dir=tmp_path, clf=TINY_CLF, log=lambda *a: None)
     first = aug.augmentation_experiment(**small, gan_overrides={"width": 4})
+    assert first["gan_config"]["aux_weight"] == 1.0  # the chapter's default
     for frac, n in (("0.05", 27), ("0.1", 55)):
         assert first["gans"][frac]["n_real"] == n == len(stratified_subset(train.labels, float(frac)))
         assert set(first["per_fraction"][frac]) == set(aug.ARMS)
@@ -130,25 +131,25 @@ def test_experiment_resumes_and_a_new_generator_reruns_only_its_arms(breast, tmp
         ran.append(tuple(args[6]))
         return real_run_arms(*args, **kwargs)
     monkeypatch.setattr(aug, "run_arms", spy)
-    changed = aug.augmentation_experiment(**small, gan_overrides={"width": 4, "aux_weight": 1.0})
+    changed = aug.augmentation_experiment(**small, gan_overrides={"width": 4, "aux_weight": 0.0})
     assert ran == [("synthetic", "real+syn1:1", "real+syn1:2")] * 2
     for frac in ("0.05", "0.1"):
         for arm in aug.GAN_FREE_ARMS:
             assert changed["per_fraction"][frac][arm] == first["per_fraction"][frac][arm]
         saved, _ = load_gan(tmp_path / f"cgan_{frac}.safetensors")
-        assert saved.config.aux_weight == 1.0
+        assert saved.config.aux_weight == 0.0
         stored = json.loads((tmp_path / f"fraction_{frac}.json").read_text())
-        assert stored["gan_config"]["aux_weight"] == 1.0
-    assert changed["gan_config"]["aux_weight"] == 1.0
+        assert stored["gan_config"]["aux_weight"] == 0.0
+    assert changed["gan_config"]["aux_weight"] == 0.0
 
     # Killed after the new cGAN was saved but before its scores were: the cGAN is reused,
     # yet its old-generator scores are not (they were made with another generator).
     ran.clear()
     rec = json.loads((tmp_path / "fraction_0.1.json").read_text())
-    rec["gan_config"]["aux_weight"] = 0.0
+    rec["gan_config"]["aux_weight"] = 1.0
     (tmp_path / "fraction_0.1.json").write_text(json.dumps(rec))
     monkeypatch.setattr(aug, "train_cgan", boom)
-    aug.augmentation_experiment(**small, gan_overrides={"width": 4, "aux_weight": 1.0})
+    aug.augmentation_experiment(**small, gan_overrides={"width": 4, "aux_weight": 0.0})
     assert ran == [("synthetic", "real+syn1:1", "real+syn1:2")]
 
 
