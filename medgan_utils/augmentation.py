@@ -243,10 +243,11 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
                 export_gan(gan, work / f"cgan_{key}.safetensors", hist, dataset=train.name,
                            size=train.size, fraction=frac, n_real=int(len(idx)), steps=steps,
                            subset_seed=subset_seed, train_seconds=gans[key]["train_seconds"])
-        else:  # trained earlier, killed before (all) its arms were scored
+        elif scored:  # more seeds or arms asked of a generator scored before
+            gans[key] = rec["gan"]
+        else:  # trained earlier, killed before its arms were scored
             gans[key] = {"n_real": int(len(idx)), "steps": steps,
-                         "train_seconds": meta.get("train_seconds", rec["gan"]["train_seconds"] if rec else None),
-                         "history": rec["gan"]["history"] if rec else []}
+                         "train_seconds": meta.get("train_seconds"), "history": []}
         t0 = time.perf_counter()
         new = run_arms(images, labels, gan, val, test, seeds, todo, device, clf) if todo else {}
         per_fraction[key] = {a: new[a] if a in new else [have[a][s] for s in seeds] for a in arms}

@@ -357,7 +357,6 @@ def cmd_experiment(ns) -> int:
 
 
 def cmd_train_cgan(ns) -> int:
-
     from .augmentation import cgan_config, cgan_steps, study_gan_steps, train_cgan
     from .data import load_arrays, stratified_subset
     from .pretrained import CHECKPOINT_DIR, export_gan

@@ -149,8 +149,10 @@ def test_experiment_resumes_and_a_new_generator_reruns_only_its_arms(breast, tmp
     rec["gan_config"]["aux_weight"] = 1.0
     (tmp_path / "fraction_0.1.json").write_text(json.dumps(rec))
     monkeypatch.setattr(aug, "train_cgan", boom)
-    aug.augmentation_experiment(**small, gan_overrides={"width": 4, "aux_weight": 0.0})
+    resumed = aug.augmentation_experiment(**small, gan_overrides={"width": 4, "aux_weight": 0.0})
     assert ran == [("synthetic", "real+syn1:1", "real+syn1:2")]
+    # Its training time comes from the saved cGAN's header, not from the stale record.
+    assert resumed["gans"]["0.1"]["train_seconds"] == changed["gans"]["0.1"]["train_seconds"]
 
 
 def test_combine_results_prefixes_metrics_and_keeps_provenance(tmp_path):
