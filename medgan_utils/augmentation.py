@@ -33,6 +33,7 @@ from .data import Arrays, TensorLoader, stratified_subset, to_float, to_uint8
 from .models.classifier import ClassifierConfig
 from .models.gan import GAN, GANConfig
 from .train import FitConfig, fit
+from .utils import write_json
 
 AUGMENTATION_DATASETS = ("breastmnist", "pneumoniamnist")  # the stored study's data sets
 ARMS = ("real", "real+classic", "synthetic", "real+syn1:1", "real+syn1:2")
@@ -257,9 +258,6 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
             + ", ".join(f"{a} {np.mean([r['auc'] for r in v]):.3f}" for a, v in per_fraction[key].items()))
         trained[key] = gan
         if work is not None:
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"arms": per_fraction[key], "gan": gans[key],
-                                       "gan_config": config.to_dict()}, indent=1))
-            tmp.replace(done)
+            write_json(done, {"arms": per_fraction[key], "gan": gans[key], "gan_config": config.to_dict()})
     return {"per_fraction": per_fraction, "gans": gans, "summary": summarize_arms(per_fraction),
             "models": trained, "gan_config": config.to_dict()}

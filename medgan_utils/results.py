@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .utils import REPO_ROOT, get_device, git_commit, versions
+from .utils import REPO_ROOT, get_device, git_commit, versions, write_json
 
 RESULTS_DIR = REPO_ROOT / "results"
 QUICK_RESULTS_DIR = REPO_ROOT / "runs" / "quick_results"
@@ -97,11 +97,7 @@ class NotebookRun:
             record["extra"] = dict(extra)
         out = Path(out_dir or results_dir(bool(self.params.get("quick"))))
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{self.notebook}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(out / f"{self.notebook}.json", record)
 
 
 def start_run(notebook: str, params: Mapping[str, Any], device: torch.device | None = None) -> NotebookRun:
@@ -131,11 +127,7 @@ def combine_results(name: str, parts: Mapping[str, str], root: str | os.PathLike
     record = {"notebook": name, "commit": git_commit(), "metrics": metrics,
               "wall_s": round(sum(p["wall_s"] or 0 for p in provenance.values()), 2),
               "extra": {"parts": provenance}}
-    path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(out / f"{name}.json", record)
 
 
 def load_results(notebook: str, root: str | os.PathLike | None = None) -> dict[str, Any]:

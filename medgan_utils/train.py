@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .utils import write_json
 
 
 @runtime_checkable
@@ -99,9 +100,7 @@ class History:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     def to_json(self, path: str | os.PathLike) -> None:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        write_json(path, asdict(self))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> History:

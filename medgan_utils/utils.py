@@ -5,6 +5,7 @@ Introduced in ``notebooks/00_getting_started.ipynb``.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -19,6 +20,16 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_DIR = REPO_ROOT / "checkpoints"  # shipped weights (safetensors, < 10 MB each)
 RUNS_DIR = REPO_ROOT / "runs"  # training runs, resumable (git-ignored)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically (a temporary file beside ``path``, then a rename),
+    so a killed process never leaves a half-written file behind; returns the path."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def seed_everything(seed: int) -> None:
