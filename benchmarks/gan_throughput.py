@@ -41,12 +41,12 @@ def main() -> None:
         cfg = GANConfig.preset(name.split("_")[0], channels=train.n_channels, image_size=28, **extra)
         gan = GAN(cfg, device)
         loader = TensorLoader(train.images, train.labels, ns.batch_size, device)
-        fit(gan, loader, FitConfig(steps=3, n_critic=cfg.n_critic), progress=False)  # warm-up
+        fit(gan, loader, FitConfig(steps=3), progress=False)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        fit(gan, loader, FitConfig(steps=ns.steps, n_critic=cfg.n_critic, log_every=ns.steps), progress=False)
+        fit(gan, loader, FitConfig(steps=ns.steps, log_every=ns.steps), progress=False)
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0

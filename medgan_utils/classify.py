@@ -1,7 +1,6 @@
 """Training and judging the small ResNet classifier, through the same ``fit`` as every GAN.
 
-The classifier is a model that is not adversarial: it exposes ``g_step`` only (one supervised
-update), and early stopping on the validation split is a ``fit`` callback. The trained network
+The classifier is a model that is not adversarial: its ``train_step`` is one supervised update, and early stopping on the validation split is a ``fit`` callback. The trained network
 serves as the feature extractor of :mod:`medgan_utils.metrics` (shipped as
 ``checkpoints/extractor_<dataset>_<size>.safetensors``) and as chapter 04's downstream judge.
 
@@ -69,7 +68,10 @@ def augment_batch(x: torch.Tensor, rotate_deg: float = 10.0) -> torch.Tensor:
 
 
 class ClassifierModel:
-    """Adapter that lets :func:`fit` train a :class:`Classifier` (``g_step`` = one update)."""
+    """Adapter that lets :func:`fit` train a :class:`Classifier` (``train_step`` = one update).
+
+    Its learning-rate schedule is state (``state_dict``), so a resumed run continues the cosine
+    decay where it stopped instead of restarting it."""
 
     def __init__(self, net: Classifier, config: ClassifierTrainConfig, steps: int,
                  device: torch.device | str = "cpu"):
@@ -78,8 +80,8 @@ class ClassifierModel:
         self.opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(steps, 1))
 
-    def g_step(self, batch) -> dict[str, float]:
-        x, y = batch
+    def train_step(self, batches) -> dict[str, float]:
+        x, y = next(batches)
         self.net.train()
         if self.config.augment:
             x = augment_batch(x, self.config.rotate_deg)
@@ -95,6 +97,12 @@ class ClassifierModel:
 
     def optimizers(self):
         return {"net": self.opt}
+
+    def state_dict(self) -> dict:
+        return {"scheduler": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sched.load_state_dict(state["scheduler"])
 
 
 @torch.no_grad()

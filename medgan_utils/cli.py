@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export", type=Path, default=None,
                    help="also write the shippable generator here (default: OUT/<name>.safetensors)")
     _add_dataclass_args(t, GANConfig, skip=("channels", "image_size", "num_classes"))
-    _add_dataclass_args(t, FitConfig, skip=("n_critic",))
+    _add_dataclass_args(t, FitConfig)
 
     s = sub.add_parser("sample", help="write generated images as a MedMNIST-like uint8 .npz")
     s.add_argument("checkpoint", type=Path, help="an exported generator or a run's last.safetensors")
@@ -190,7 +190,7 @@ def cmd_train(ns) -> int:
                            num_classes=n_classes if ns.conditional else 0,
                            **{k: v for k, v in _pick(ns, GANConfig).items()
                               if k not in ("channels", "image_size", "num_classes")})
-    fcfg = FitConfig(**{"n_critic": cfg.n_critic, **_pick(ns, FitConfig)})
+    fcfg = FitConfig(**_pick(ns, FitConfig))
     name = f"{ns.preset}{'_cond' if ns.conditional else ''}_{ns.dataset}_{ns.size}"
     out = ns.out or Path("runs") / name
     print(json.dumps({"gan": cfg.to_dict(), "fit": dataclasses.asdict(fcfg), "dataset": ns.dataset,

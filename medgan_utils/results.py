@@ -73,6 +73,8 @@ class NotebookRun:
     params: dict[str, Any] = field(default_factory=dict)
     device: torch.device | None = None
     t0: float = field(default_factory=time.perf_counter)
+    # The code that ran is the code at the start: a long run must not record a later commit.
+    commit: str = field(default_factory=git_commit)
 
     def finish(self, metrics: Mapping[str, Any], out_dir: str | os.PathLike | None = None,
                extra: Mapping[str, Any] | None = None) -> Path:
@@ -86,7 +88,7 @@ class NotebookRun:
         record = {
             "notebook": self.notebook,
             "params": {k: v for k, v in self.params.items()},
-            "commit": git_commit(),
+            "commit": self.commit,
             "versions": versions(),
             "device": str(device),
             "wall_s": round(time.perf_counter() - self.t0, 2),

@@ -4,14 +4,17 @@ Every model in the course (vanilla GAN, DCGAN, WGAN-GP, conditional GANs, the do
 classifier, and later SRGAN, CycleGAN, diffusion) plugs into the same loop. A model is any
 object with:
 
-* ``g_step(batch) -> dict[str, float]``: one update of the generator (or, for a model that is not
-  adversarial, its one and only update). Returns losses to log.
-* ``d_step(batch) -> dict[str, float]`` (optional): one update of the discriminator/critic. ``fit``
-  calls it ``n_critic`` times, each on a fresh batch, before every ``g_step``. A model without
-  ``d_step`` (a classifier, a diffusion model) is trained with ``g_step`` alone.
+* ``train_step(batches) -> dict[str, float]``: one training step, drawing as many batches as it
+  needs with ``next(batches)``. The model owns the order of its updates: a WGAN-GP runs its
+  ``n_critic`` critic updates and then its generator update, SRGAN/pix2pix/CycleGAN update G and
+  D on the same fakes, a classifier makes one supervised update. Returns numbers to log.
 * ``modules() -> dict[str, nn.Module]`` and ``optimizers() -> dict[str, Optimizer]``: what a
   checkpoint stores.
-* ``sample(n, generator=None) -> Tensor`` (optional): images in [-1, 1] for the sample grids.
+* ``state_dict()``/``load_state_dict(state)`` (optional): any other state a resumed run needs
+  (learning-rate schedulers, an image history pool, a privacy accountant), saved with each
+  checkpoint and restored on resume.
+* ``visuals(generator) -> dict[str, Tensor]`` (optional): image batches in [-1, 1] drawn as grids
+  every ``sample_every`` steps (samples for a generator; input/output/target for image-to-image).
 
 ``fit`` owns the step counter, the ``tqdm`` bar with live losses, the history (returned and
 written as JSON), sample grids, checkpoints every ``ckpt_every`` steps, exact resume, a wall-clock
@@ -41,9 +44,9 @@ from .utils import write_json
 
 @runtime_checkable
 class Trainable(Protocol):
-    """What :func:`fit` needs from a model (``d_step`` and ``sample`` are optional)."""
+    """What :func:`fit` needs from a model (``state_dict`` and ``visuals`` are optional)."""
 
-    def g_step(self, batch: Any) -> Mapping[str, float]: ...
+    def train_step(self, batches: Iterator) -> Mapping[str, float]: ...
 
     def modules(self) -> dict[str, nn.Module]: ...
 
@@ -59,8 +62,8 @@ class FitConfig:
     """How long and how often: everything ``fit`` decides, printed and saved with the run.
 
     Attributes:
-        steps: generator updates (one ``g_step`` each, after ``n_critic`` ``d_step`` calls).
-        n_critic: discriminator/critic updates per generator update (5 for WGAN-GP).
+        steps: calls of the model's ``train_step`` (for a GAN: generator updates; how many critic
+            updates each takes is the model's own setting, e.g. ``GANConfig.n_critic``).
         log_every: steps between history entries (losses averaged over the interval).
         ckpt_every: steps between checkpoints (0: only at the end).
         sample_every: steps between sample grids written as PNG (0: never).
@@ -70,7 +73,6 @@ class FitConfig:
     """
 
     steps: int = 1000
-    n_critic: int = 1
     log_every: int = 50
     ckpt_every: int = 500
     sample_every: int = 0
@@ -79,8 +81,8 @@ class FitConfig:
     on_divergence: str = "raise"
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.n_critic < 0 or self.log_every < 1:
-            raise ValueError(f"steps>=1, n_critic>=0 and log_every>=1 are required, got {self}")
+        if self.steps < 1 or self.log_every < 1:
+            raise ValueError(f"steps>=1 and log_every>=1 are required, got {self}")
         if self.on_divergence not in ("raise", "stop"):
             raise ValueError("on_divergence must be 'raise' or 'stop'")
 
@@ -164,7 +166,8 @@ def fit(
             history.stopped = history.stopped or "done"
             return history
 
-    has_d = callable(getattr(model, "d_step", None)) and config.n_critic > 0
+    if not callable(getattr(model, "train_step", None)):
+        raise TypeError(f"{type(model).__name__} has no train_step(batches): see medgan_utils.train")
     batches = _infinite(data)
     t0 = time.perf_counter() - history.wall_s
     acc: dict[str, list[float]] = {}
@@ -179,6 +182,7 @@ def fit(
             "optimizers": {k: o.state_dict() for k, o in model.optimizers().items()},
             "rng_cpu": torch.get_rng_state(),
             "data": data.state_dict() if hasattr(data, "state_dict") else {},
+            "model": model.state_dict() if callable(getattr(model, "state_dict", None)) else {},
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -188,11 +192,7 @@ def fit(
 
     try:
         while step < config.steps:
-            logs: dict[str, float] = {}
-            if has_d:
-                for _ in range(config.n_critic):
-                    logs.update(model.d_step(next(batches)))
-            logs.update(model.g_step(next(batches)))
+            logs = dict(model.train_step(batches))
             step += 1
             bad = [k for k, v in logs.items() if not math.isfinite(float(v))]
             if bad:
@@ -261,6 +261,8 @@ def _resume(ckpt: Path, model: Trainable, data: Any, out: Path) -> tuple[int, Hi
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
+    if state.get("model") and callable(getattr(model, "load_state_dict", None)):
+        model.load_state_dict(state["model"])
     if state.get("data") and hasattr(data, "load_state_dict"):
         data.load_state_dict(state["data"])
     hist_path = out / "history.json"
@@ -271,12 +273,13 @@ def _resume(ckpt: Path, model: Trainable, data: Any, out: Path) -> tuple[int, Hi
 
 
 @torch.no_grad()
-def _save_grid(model: Any, path: Path, n: int = 64) -> None:
-    if not callable(getattr(model, "sample", None)):
+def _save_grid(model: Any, path: Path) -> None:
+    if not callable(getattr(model, "visuals", None)):
         return
     from .viz import save_image_grid
 
     # A private generator: sample grids never touch the global RNG, so runs with and without
     # grids (or a resumed run) draw the same training noise.
-    gen = torch.Generator().manual_seed(0)
-    save_image_grid(model.sample(n, generator=gen), path)
+    visuals = model.visuals(generator=torch.Generator().manual_seed(0))
+    for i, (name, images) in enumerate(visuals.items()):
+        save_image_grid(images, path if i == 0 else path.with_name(f"{path.stem}_{name}.png"))

@@ -64,6 +64,13 @@ class Recorder:
         self.batch_ids.append(batch[1].tolist())
         return self.gan.g_step(batch)
 
+    @property
+    def config(self):
+        return self.gan.config
+
+    def train_step(self, batches):  # the GAN's own step order, calling the recording updates
+        return GAN.train_step(self, batches)
+
     def modules(self):
         return self.gan.modules()
 
@@ -111,35 +118,41 @@ def test_fit_without_out_dir_keeps_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("n_critic", [0, 1, 3])
+@pytest.mark.parametrize("n_critic", [0, 1, 3, 5])
 def test_n_critic_d_steps_per_g_step_each_on_a_fresh_batch(n_critic):
-    model = Recorder(tiny_gan(preset="wgan-gp"))
-    loader = TensorLoader(np.zeros((64, 28, 28), np.uint8), np.arange(64), batch_size=4, seed=0)
-    fit(model, loader, FitConfig(steps=3, n_critic=n_critic, log_every=1), progress=False)
+    # The model's config is the one owner of n_critic: fit has no second copy to forget.
+    model = Recorder(tiny_gan(preset="wgan-gp", n_critic=n_critic))
+    loader = TensorLoader(np.zeros((96, 28, 28), np.uint8), np.arange(96), batch_size=4, seed=0)
+    fit(model, loader, FitConfig(steps=3, log_every=1), progress=False)
     assert model.calls == (["d"] * n_critic + ["g"]) * 3
     seen = [i for ids in model.batch_ids for i in ids]
     assert len(seen) == len(set(seen)) == 4 * 3 * (n_critic + 1), "every call got new images"
 
 
 def test_fit_config_validates():
-    for bad in (dict(steps=0), dict(n_critic=-1), dict(log_every=0), dict(on_divergence="ignore")):
+    for bad in (dict(steps=0), dict(log_every=0), dict(on_divergence="ignore")):
         with pytest.raises(ValueError):
             FitConfig(**bad)
+    with pytest.raises(TypeError):
+        FitConfig(n_critic=5)  # critic steps belong to the model's config, not to fit's
+    with pytest.raises(ValueError, match="n_critic"):
+        GANConfig.preset("wgan-gp", n_critic=-1)
 
 
 # --- a model that is not adversarial ------------------------------------------------------------
 
 
 class TinyClassifier:
-    """Only ``g_step``: how the downstream classifier (or a diffusion model) uses fit()."""
+    """One supervised update per step: how the downstream classifier (or a diffusion model)
+    uses fit()."""
 
     def __init__(self):
         torch.manual_seed(0)
         self.net = Classifier(ClassifierConfig(channels=1, num_classes=2, width=4, stages=1))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-2)
 
-    def g_step(self, batch):
-        x, y = batch
+    def train_step(self, batches):
+        x, y = next(batches)
         loss = F.cross_entropy(self.net(x), y)
         self.opt.zero_grad()
         loss.backward()
@@ -153,7 +166,7 @@ class TinyClassifier:
         return {"net": self.opt}
 
 
-def test_model_with_only_g_step_trains(tmp_path):
+def test_non_adversarial_model_trains(tmp_path):
     # Learnable task: label = whether the image is bright.
     images = np.concatenate([np.full((16, 28, 28), 30, np.uint8), np.full((16, 28, 28), 220, np.uint8)])
     labels = np.array([0] * 16 + [1] * 16)

@@ -3,15 +3,15 @@
 ``GAN(GANConfig(arch="mlp", loss="bce"))`` is the vanilla GAN of notebook 01,
 ``arch="dcgan"`` the DCGAN of 02, ``loss="wgan-gp"`` (critic without BatchNorm, gradient penalty,
 ``n_critic=5``) the WGAN-GP of 03, ``num_classes > 0`` the conditional GAN of 04. It exposes what
-:func:`medgan_utils.train.fit` drives: ``d_step``, ``g_step``, ``sample``, ``modules``,
-``optimizers``.
+:func:`medgan_utils.train.fit` drives (``train_step``, ``modules``, ``optimizers``, ``visuals``)
+and the two updates ``train_step`` is made of (``d_step``, ``g_step``).
 
 Introduced in ``notebooks/01_vanilla_gan.ipynb``.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 from . import losses
 from .diffaugment import diff_augment
 from .nets import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, init_weights
+from .parts import EMA, adam_steps, grad_norm
 
 ARCHS = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerator, DCGANDiscriminator)}
 LOSSES = ("bce", "wgan-gp", "wgan-clip")
@@ -45,7 +46,8 @@ class GANConfig:
         lr_g, lr_d, beta1, beta2: Adam settings.
         gp_lambda: weight of the gradient penalty (10 in Gulrajani et al.).
         clip: weight-clipping bound of "wgan-clip" (0.01 in Arjovsky et al.).
-        n_critic: critic steps per generator step (fit's default; 5 for WGAN-GP).
+        n_critic: critic updates per generator update, each on a fresh batch (5 for WGAN-GP);
+            the model's ``train_step`` runs them, so every entry point trains alike.
         ema: decay of an exponential moving average of G's weights (0 = off; e.g. 0.999).
         diffaugment: DiffAugment policy applied to D's inputs, e.g. "color,translation,cutout".
         aux_weight: > 0 (conditional only) adds AC-GAN's auxiliary classifier (Odena et al. 2017):
@@ -86,6 +88,8 @@ class GANConfig:
         if self.loss.startswith("wgan") and self.d_norm == "batch":
             raise ValueError("a Wasserstein critic must not use BatchNorm (its score must depend on "
                              "each image alone): set d_norm='layer' or 'none'")
+        if self.n_critic < 0:
+            raise ValueError(f"n_critic must be >= 0, got {self.n_critic}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.aux_weight < 0 or (self.aux_weight > 0 and self.num_classes < 2):
@@ -114,42 +118,74 @@ class GANConfig:
 
 
 class GAN:
-    """A generator ``G``, a discriminator/critic ``D``, their optimizers and the two updates.
+    """A generator ``G``, a discriminator/critic ``D``, their optimizers and the updates.
+
+    The model owns the order of its updates: :meth:`train_step` runs ``config.n_critic`` critic
+    updates, each on a fresh batch, then one generator update; :func:`~medgan_utils.train.fit`
+    only calls it. ``n_critic`` therefore lives in one place, the model's config.
 
     Args:
         config: a :class:`GANConfig`.
         device: where the networks live (``medgan_utils.get_device()``).
         class_prior: (num_classes,) probabilities for drawing labels of fakes; uniform if None.
+        G, D: networks to use instead of the ones ``config`` builds (same call signatures).
+        opt_G, opt_D: optimizers to use instead of Adam (e.g. one Opacus made private); saved
+            under the same names, so checkpoints keep their keys.
     """
 
     def __init__(self, config: GANConfig, device: torch.device | str = "cpu",
-                 class_prior: torch.Tensor | None = None):
+                 class_prior: torch.Tensor | None = None, *, G: nn.Module | None = None,
+                 D: nn.Module | None = None, opt_G: torch.optim.Optimizer | None = None,
+                 opt_D: torch.optim.Optimizer | None = None):
         self.config = c = config
         self.device = torch.device(device)
+        self.game = losses.make_game(c.loss, g_loss=c.g_loss, gp_lambda=c.gp_lambda, clip=c.clip)
         gen_cls, disc_cls = ARCHS[c.arch]
-        self.G = gen_cls(c.latent_dim, c.channels, c.image_size, c.width, c.num_classes).to(self.device)
-        self.D = disc_cls(c.channels, c.image_size, c.width, c.num_classes, norm=c.d_norm)
-        if c.aux_weight:
-            self.D.add_aux_classifier(c.num_classes)
-        self.D.to(self.device)
+        built = []  # both are built before either is initialised: the RNG order of every run so far
+        if G is None:
+            G = gen_cls(c.latent_dim, c.channels, c.image_size, c.width, c.num_classes)
+            built.append(G)
+        if D is None:
+            D = disc_cls(c.channels, c.image_size, c.width, c.num_classes, norm=c.d_norm)
+            if c.aux_weight:
+                D.add_aux_classifier(c.num_classes)
+            built.append(D)
         if c.arch == "dcgan":
-            self.G.apply(init_weights)
-            self.D.apply(init_weights)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if c.ema else None
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=c.lr_g, betas=(c.beta1, c.beta2))
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_d, betas=(c.beta1, c.beta2))
+            for net in built:
+                net.apply(init_weights)
+        self.G, self.D = G.to(self.device), D.to(self.device)
+        self.ema = EMA(self.G, c.ema) if c.ema else None
+        self.opt_G = opt_G or torch.optim.Adam(self.G.parameters(), lr=c.lr_g, betas=(c.beta1, c.beta2))
+        self.opt_D = opt_D or torch.optim.Adam(self.D.parameters(), lr=c.lr_d, betas=(c.beta1, c.beta2))
         prior = torch.ones(max(c.num_classes, 1)) if class_prior is None else torch.as_tensor(class_prior)
         self.class_prior = (prior.float() / prior.sum()).to(self.device)
+
+    @property
+    def G_ema(self) -> nn.Module | None:
+        """The EMA generator (None without EMA)."""
+        return self.ema.module if self.ema is not None else None
 
     # -- what fit() needs ---------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
         mods = {"G": self.G, "D": self.D}
-        if self.G_ema is not None:
-            mods["G_ema"] = self.G_ema
+        if self.ema is not None:
+            mods["G_ema"] = self.ema.module
         return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.opt_G, "D": self.opt_D}
+
+    def train_step(self, batches: Iterator) -> dict[str, float]:
+        """``n_critic`` critic updates, each on a fresh batch, then one generator update."""
+        logs: dict[str, float] = {}
+        for _ in range(self.config.n_critic):
+            logs.update(self.d_step(next(batches)))
+        logs.update(self.g_step(next(batches)))
+        return logs
+
+    def visuals(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """What ``fit`` draws as sample grids: 64 samples."""
+        return {"samples": self.sample(64, generator=generator)}
 
     def _noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(n, self.config.latent_dim, generator=generator)
@@ -168,88 +204,51 @@ class GAN:
     def d_step(self, batch) -> dict[str, float]:
         """One discriminator/critic update on a batch ``(images (B,C,H,W) in [-1,1], labels (B,))``."""
         real, y = self._unpack(batch)
-        b = real.shape[0]
         self.G.train()
         self.D.train()
         with torch.no_grad():
-            fake = self.G(self._noise(b), y)
+            fake = self.G(self._noise(real.shape[0]), y)
         aux = self.config.aux_weight > 0
         real_out, fake_out = self._d(real, y, return_aux=aux), self._d(fake, y)
         logs: dict[str, float] = {}
-        if aux:
+        if aux:  # AC-GAN's class head learns from real images only
             real_out, real_cls = real_out
             loss_aux = F.cross_entropy(real_cls, y)
-            logs["aux_D"] = loss_aux.item()
-            logs["aux_acc_real"] = (real_cls.argmax(1) == y).float().mean().item()
-        if self.config.loss == "bce":
-            loss_D = losses.d_loss_bce(real_out, fake_out)
-            logs["D_real"] = torch.sigmoid(real_out).mean().item()
-            logs["D_fake"] = torch.sigmoid(fake_out).mean().item()
-        elif self.config.loss == "wgan-gp":
-            w = -losses.d_loss_wasserstein(real_out, fake_out)
-            gp, norms = losses.gradient_penalty(lambda x: self._d(x, y), real, fake)
-            loss_D = -w + self.config.gp_lambda * gp
-            logs.update(wasserstein=w.item(), gp=gp.item(), grad_norm=norms.mean().item())
-        else:
-            loss_D = losses.d_loss_wasserstein(real_out, fake_out)
-            logs["wasserstein"] = -loss_D.item()
+            logs.update(aux_D=loss_aux.item(), aux_acc_real=(real_cls.argmax(1) == y).float().mean().item())
+        loss_D, game_logs = self.game.d_loss(real_out, fake_out, lambda x: self._d(x, y), real, fake)
+        logs.update(game_logs)
         if aux:
             loss_D = loss_D + self.config.aux_weight * loss_aux
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         self.opt_D.step()
-        if self.config.loss == "wgan-clip":
-            with torch.no_grad():
-                for p in self.D.parameters():
-                    p.clamp_(-self.config.clip, self.config.clip)
+        self.game.after_d_step(self.D)
         logs["loss_D"] = loss_D.item()
         return logs
 
     def g_step(self, batch) -> dict[str, float]:
         """One generator update; the batch gives its size and (conditional) its labels."""
         real, y = self._unpack(batch)
-        b = real.shape[0]
         self.G.train()
         self.D.train()
-        fake = self.G(self._noise(b), y)
+        fake = self.G(self._noise(real.shape[0]), y)
         aux = self.config.aux_weight > 0
         out = self._d(fake, y, return_aux=aux)
         logs: dict[str, float] = {}
         if aux:
             out, fake_cls = out
-        if self.config.loss.startswith("wgan"):
-            loss_G = losses.g_loss_wasserstein(out)
-        elif self.config.g_loss == "saturating":
-            loss_G = losses.g_loss_saturating(out)
-        else:
-            loss_G = losses.g_loss_non_saturating(out)
+        loss_G = self.game.g_loss(out)
         if aux:
             loss_aux = F.cross_entropy(fake_cls, y)
             logs.update(aux_G=loss_aux.item(), aux_acc_fake=(fake_cls.argmax(1) == y).float().mean().item())
             loss_G = loss_G + self.config.aux_weight * loss_aux
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
-        # Measured so notebook 01 can show the saturating loss's vanishing gradient.
-        g_norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.G.parameters()
-                                if p.grad is not None))
+        g_norm = grad_norm(self.G.parameters())  # notebook 01 shows the saturating loss's vanishing gradient
         self.opt_G.step()
-        self._update_ema()
-        return {"loss_G": loss_G.item(), "G_grad_norm": g_norm.item(), **logs}
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.G_ema is None:
-            return
-        # Warm-up (as in Karras et al.'s and timm's EMA): early on the average would be dominated
-        # by the random initial weights, so the decay starts small and grows to config.ema.
-        # The update count comes from Adam's own step counter, which checkpoints save, so a
-        # resumed run continues the same decay schedule.
-        t = float(self.opt_G.state[next(iter(self.G.parameters()))]["step"])
-        d = min(self.config.ema, (1 + t) / (10 + t))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
-            p_ema.lerp_(p.detach(), 1 - d)
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            b_ema.copy_(b)
+        if self.ema is not None:
+            self.ema.update(self.G, adam_steps(self.opt_G, self.G.parameters()))
+        return {"loss_G": loss_G.item(), "G_grad_norm": g_norm, **logs}
 
     def _unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(batch, (tuple, list)):
@@ -275,7 +274,7 @@ class GAN:
             labels: (n,) classes for a conditional GAN (drawn from ``class_prior`` if None).
             generator: a ``torch.Generator`` for reproducible samples without touching global RNG.
         """
-        G = self.G_ema if (use_ema and self.G_ema is not None) else self.G
+        G = self.ema.module if (use_ema and self.ema is not None) else self.G
         was_training = G.training
         G.eval()
         if self.config.num_classes and labels is None:
@@ -290,4 +289,4 @@ class GAN:
 
     def generator_for_export(self) -> nn.Module:
         """The network to ship: the EMA generator when there is one, else G."""
-        return self.G_ema if self.G_ema is not None else self.G
+        return self.ema.module if self.ema is not None else self.G

@@ -83,3 +83,81 @@ def gradient_penalty(
     (grad,) = torch.autograd.grad(scores.sum(), xhat, create_graph=True)
     norms = grad.flatten(1).norm(2, dim=1)
     return ((norms - 1) ** 2).mean(), norms.detach()
+
+
+# -- one object per loss family -----------------------------------------------------------------
+# A model's d_step/g_step call these instead of branching on the loss name, so a new family (or a
+# new model class: SRGAN, pix2pix, CycleGAN) picks one up without copying the branches.
+
+
+class BCEGame:
+    """The original GAN game on logits (notebook 01): BCE for D, saturating or not for G."""
+
+    needs_batchnorm_free_critic = False
+
+    def __init__(self, g_loss: str = "non-saturating"):
+        if g_loss not in ("non-saturating", "saturating"):
+            raise ValueError(f"g_loss must be 'non-saturating' or 'saturating', got {g_loss!r}")
+        self.g_loss_name = g_loss
+
+    def d_loss(self, real_out: torch.Tensor, fake_out: torch.Tensor,
+               critic: Callable | None = None, real: torch.Tensor | None = None,
+               fake: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss_D, logs)``; ``critic``/``real``/``fake`` are for penalties (unused here)."""
+        logs = {"D_real": torch.sigmoid(real_out).mean().item(),
+                "D_fake": torch.sigmoid(fake_out).mean().item()}
+        return d_loss_bce(real_out, fake_out), logs
+
+    def g_loss(self, fake_out: torch.Tensor) -> torch.Tensor:
+        if self.g_loss_name == "saturating":
+            return g_loss_saturating(fake_out)
+        return g_loss_non_saturating(fake_out)
+
+    def after_d_step(self, D: torch.nn.Module) -> None:
+        """Hook after the critic's optimizer step (weight clipping uses it)."""
+
+
+class WassersteinGP(BCEGame):
+    """Wasserstein critic with the gradient penalty (Gulrajani et al. 2017), notebook 03."""
+
+    needs_batchnorm_free_critic = True
+
+    def __init__(self, gp_lambda: float = 10.0):
+        self.gp_lambda = gp_lambda
+
+    def d_loss(self, real_out, fake_out, critic=None, real=None, fake=None):
+        w = -d_loss_wasserstein(real_out, fake_out)
+        gp, norms = gradient_penalty(critic, real, fake)
+        return -w + self.gp_lambda * gp, {"wasserstein": w.item(), "gp": gp.item(),
+                                          "grad_norm": norms.mean().item()}
+
+    def g_loss(self, fake_out: torch.Tensor) -> torch.Tensor:
+        return g_loss_wasserstein(fake_out)
+
+
+class WassersteinClip(WassersteinGP):
+    """Wasserstein critic kept Lipschitz by clipping its weights to +-clip (Arjovsky et al. 2017)."""
+
+    def __init__(self, clip: float = 0.01):
+        self.clip = clip
+
+    def d_loss(self, real_out, fake_out, critic=None, real=None, fake=None):
+        loss = d_loss_wasserstein(real_out, fake_out)
+        return loss, {"wasserstein": -loss.item()}
+
+    @torch.no_grad()
+    def after_d_step(self, D: torch.nn.Module) -> None:
+        for p in D.parameters():
+            p.clamp_(-self.clip, self.clip)
+
+
+def make_game(loss: str, *, g_loss: str = "non-saturating", gp_lambda: float = 10.0,
+              clip: float = 0.01) -> BCEGame:
+    """The loss object for ``loss`` in ("bce", "wgan-gp", "wgan-clip")."""
+    if loss == "bce":
+        return BCEGame(g_loss)
+    if loss == "wgan-gp":
+        return WassersteinGP(gp_lambda)
+    if loss == "wgan-clip":
+        return WassersteinClip(clip)
+    raise ValueError(f"loss must be one of ('bce', 'wgan-gp', 'wgan-clip'), got {loss!r}")

@@ -1,0 +1,102 @@
+"""Pieces every model class of the course shares: the EMA of a generator, gradient-norm logging,
+and a history pool of fakes. A new model (SRGAN, pix2pix, CycleGAN, a DP-GAN) composes them
+instead of copying them out of :class:`~medgan_utils.models.gan.GAN`.
+
+DiffAugment lives in :mod:`medgan_utils.models.diffaugment` and the loss families in
+:mod:`medgan_utils.models.losses` (``make_game``).
+
+Introduced in ``notebooks/03_wgan_gp.ipynb`` (EMA) and ``07_cyclegan`` (the image pool).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """An exponential moving average of a network's weights (Karras et al.; timm's ``ModelEmaV2``).
+
+    Early on the average would be dominated by the random initial weights, so the decay warms up
+    as ``min(decay, (1 + t) / (10 + t))`` with ``t`` the number of updates so far. ``t`` is read
+    from the caller (for a GAN: Adam's own step counter, which checkpoints save), so a resumed run
+    continues the same schedule without extra state.
+
+    Args:
+        module: the network to average; a frozen copy in eval mode is kept as ``ema.module``.
+        decay: the target decay in (0, 1), e.g. 0.999.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, source: nn.Module, t: float) -> None:
+        """Move the average towards ``source`` after its ``t``-th update (buffers are copied)."""
+        d = min(self.decay, (1 + t) / (10 + t))
+        for p_ema, p in zip(self.module.parameters(), source.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1 - d)
+        for b_ema, b in zip(self.module.buffers(), source.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+def adam_steps(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> float:
+    """How many updates ``optimizer`` has applied to the first of ``params`` (0 before any)."""
+    state = optimizer.state.get(next(iter(params)), {})
+    return float(state.get("step", 0))
+
+
+def grad_norm(params: Iterable[torch.Tensor]) -> float:
+    """The L2 norm of all gradients of ``params`` together (logged to show vanishing gradients)."""
+    sq = [(p.grad.detach() ** 2).sum() for p in params if p.grad is not None]
+    return float(torch.sqrt(sum(sq))) if sq else 0.0
+
+
+class ImagePool:
+    """A history of generated images for the discriminator (Shrivastava et al. 2017; CycleGAN).
+
+    Once full, each incoming fake is, with probability 1/2, swapped for a stored one, so D also
+    sees older fakes and G cannot chase a D that forgets. Its content and its random stream are
+    state (``state_dict``), so a resumed run draws exactly what an uninterrupted one would.
+
+    Args:
+        size: images kept (0 disables the pool: ``query`` returns its input).
+        seed: seed of the pool's own ``torch.Generator`` (the global RNG is not touched).
+    """
+
+    def __init__(self, size: int = 50, seed: int = 0):
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def query(self, fakes: torch.Tensor) -> torch.Tensor:
+        """``fakes`` (B, C, H, W) -> a batch of the same shape mixing new and stored fakes."""
+        if self.size == 0:
+            return fakes
+        out = []
+        for img in fakes.detach():
+            if len(self.images) < self.size:
+                self.images.append(img.clone())
+                out.append(img)
+            elif torch.rand((), generator=self.gen) < 0.5:
+                i = int(torch.randint(len(self.images), (), generator=self.gen))
+                out.append(self.images[i].clone())
+                self.images[i] = img.clone()
+            else:
+                out.append(img)
+        return torch.stack(out)
+
+    def state_dict(self) -> dict:
+        return {"images": [x.cpu() for x in self.images], "rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.images[0].device if self.images else "cpu"
+        self.images = [x.to(device) for x in state["images"]]
+        self.gen.set_state(state["rng"])
