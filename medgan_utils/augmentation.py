@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from .classify import ClassifierTrainConfig, auc_acc, predict_proba, train_classifier
-from .data import Arrays, TensorLoader, stratified_subset, to_float, to_uint8
+from .data import Arrays, stratified_subset, to_float, to_uint8
 from .models.classifier import ClassifierConfig
 from .models.gan import GAN, GANConfig
-from .train import FitConfig, fit
+from .pretrained import export, load, train_model
+from .train import FitConfig
 from .utils import write_json
 
 AUGMENTATION_DATASETS = ("breastmnist", "pneumoniamnist")  # the stored study's data sets
@@ -83,13 +84,10 @@ def cgan_steps(gan_steps: int, fraction: float) -> int:
 def train_cgan(images: np.ndarray, labels: np.ndarray, config: GANConfig, steps: int,
                seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 64):
     """Train one conditional GAN on ``images``/``labels`` (uint8, int); returns ``(gan, history)``."""
-    torch.manual_seed(seed)
-    prior = torch.bincount(torch.as_tensor(labels), minlength=config.num_classes).float()
-    gan = GAN(config, device, class_prior=prior)
-    loader = TensorLoader(images, labels, min(batch_size, len(images)), device, seed=seed)
-    hist = fit(gan, loader, FitConfig(steps=steps, log_every=max(1, steps // 50), ckpt_every=0,
-                                      resume=False), progress=False)
-    return gan, hist
+    data = Arrays("subset", "train", images.shape[1], images, np.asarray(labels).reshape(-1))
+    return train_model(config, data, FitConfig(steps=steps, log_every=max(1, steps // 50), ckpt_every=0,
+                                               resume=False),
+                       seed=seed, batch_size=batch_size, device=device, progress=False)
 
 
 def synthesize(gan: GAN, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -205,8 +203,6 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
     import json
     from pathlib import Path
 
-    from .pretrained import export_gan, load_gan
-
     config = cgan_config(train, **(gan_overrides or {}))
     per_fraction, gans, trained = {}, {}, {}
     work = Path(work_dir) if work_dir else None
@@ -219,10 +215,10 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
         rec = json.loads(done.read_text()) if done is not None and done.exists() else None
         gan, scored = None, False  # a saved cGAN of this config; scores made with it
         if work is not None and (work / f"cgan_{key}.safetensors").exists():
-            saved, meta = load_gan(work / f"cgan_{key}.safetensors", device)
+            saved, meta = load(work / f"cgan_{key}.safetensors", device)
             if saved.config == config and meta.get("steps") == steps:
                 gan = saved
-                scored = rec is not None and GANConfig(**rec.get("gan_config", meta["gan"])) == config
+                scored = rec is not None and GANConfig(**rec.get("gan_config", saved.config.to_dict())) == config
         old_arms = rec["arms"] if rec else {}
         have = {arm: {r["seed"]: r for r in runs} for arm, runs in old_arms.items()
                 if scored or arm in GAN_FREE_ARMS}
@@ -241,7 +237,7 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
                          "history": hist.records[-1:] if hist.records else []}
             if work is not None:
                 work.mkdir(parents=True, exist_ok=True)
-                export_gan(gan, work / f"cgan_{key}.safetensors", hist, dataset=train.name,
+                export(gan, work / f"cgan_{key}.safetensors", hist, dataset=train.name,
                            size=train.size, fraction=frac, n_real=int(len(idx)), steps=steps,
                            subset_seed=subset_seed, train_seconds=gans[key]["train_seconds"])
         elif scored:  # more seeds or arms asked of a generator scored before

@@ -1,7 +1,9 @@
 """``medgan``: the notebooks' training and sampling as scripts (same code, no second copy).
 
-Options are generated from the frozen config dataclasses (``GANConfig``, ``FitConfig``), with help
-text taken from their docstrings, so the CLI cannot drift from the library.
+Commands serve every model kind of :mod:`medgan_utils.registry`: ``train PRESET`` for each kind's
+presets, ``sample`` for generators, ``apply`` for image-to-image models, ``evaluate`` for both.
+Options are generated from the frozen config dataclasses (the kind's config, ``FitConfig``), with
+help text taken from their docstrings, so the CLI cannot drift from the library.
 
     medgan train wgan-gp --dataset pneumoniamnist --steps 3000 --ema 0.999 --out runs/wgan
     medgan sample runs/wgan/wgan.safetensors --n 1000 --out fake.npz
@@ -62,30 +64,41 @@ def _pick(ns: argparse.Namespace, cls) -> dict:
             if getattr(ns, f.name, None) is not None}
 
 
+# Config fields a kind reads from the data (channels, image size) or from --conditional.
+FROM_DATA = ("channels", "image_size", "num_classes")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .models.gan import GANConfig
+    from . import registry
     from .train import FitConfig
 
     p = argparse.ArgumentParser(prog="medgan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a GAN of chapters 01-03 (checkpoints, resume, export)",
-                       description="Train a GAN with the one fit() loop. Re-running the same command "
-                                   "resumes from OUT/last.safetensors.")
-    t.add_argument("preset", choices=["gan", "dcgan", "wgan-gp", "wgan-clip"],
-                   help="gan = MLP + BCE (01), dcgan = conv + BatchNorm + BCE (02), "
-                        "wgan-gp = conv critic + gradient penalty (03), wgan-clip = weight clipping "
-                        "(03). The preset sets some GANConfig options (see GANConfig.preset); "
-                        "options given here override it.")
-    _data_args(t)
-    t.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
-    t.add_argument("--conditional", action="store_true", help="class-conditional G and D (chapter 04)")
-    t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>_<dataset>)")
-    t.add_argument("--export", type=Path, default=None,
-                   help="also write the shippable generator here (default: OUT/<name>.safetensors)")
-    _add_dataclass_args(t, GANConfig, skip=("channels", "image_size", "num_classes"))
-    _add_dataclass_args(t, FitConfig)
+    t = sub.add_parser("train", help="train any registered model (checkpoints, resume, export)",
+                       description="Train a model with the one fit() loop. Re-running the same command "
+                                   "resumes from OUT/last.safetensors. PRESET names a registered model "
+                                   "kind's preset; `medgan train PRESET --help` lists its options.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="presets:\n" + "\n".join(
+                           f"  {name:<12} {kind.name}: {kind.description}"
+                           for name, (kind, _) in registry.presets().items()))
+    tp = t.add_subparsers(dest="preset", required=True, metavar="PRESET")
+    for name, (kind, preset) in registry.presets().items():
+        pp = tp.add_parser(name, help=f"{kind.name}: {kind.description}",
+                           description=f"Train the {name!r} preset of the {kind.name!r} model kind "
+                                       f"({kind.description}). The preset sets some "
+                                       f"{kind.config_cls.__name__} options; options given here override it.")
+        _data_args(pp)
+        pp.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+        pp.add_argument("--conditional", action="store_true", help="class-conditional G and D (chapter 04)")
+        pp.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>_<dataset>)")
+        pp.add_argument("--export", type=Path, default=None,
+                        help="also write the shippable model here (default: OUT/<name>.safetensors)")
+        _add_dataclass_args(pp, kind.config_cls, skip=FROM_DATA,
+                            defaults=kind.presets.get(preset, {}) if preset else {})
+        _add_dataclass_args(pp, FitConfig)
 
     s = sub.add_parser("sample", help="write generated images as a MedMNIST-like uint8 .npz")
     s.add_argument("checkpoint", type=Path, help="an exported generator or a run's last.safetensors")
@@ -96,11 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", type=int, default=None, help="only this class (conditional models)")
     s.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
 
-    e = sub.add_parser("evaluate", help="FD/KID/precision/recall/coverage of a generator vs the floor")
+    e = sub.add_parser("evaluate", help="score a model on its data set's test split: a generator's "
+                       "FD/KID/precision/recall/coverage against the floor, an image-to-image "
+                       "model's PSNR/SSIM against its classical baseline")
     e.add_argument("checkpoint", type=Path)
-    e.add_argument("--n", type=int, default=2000, help="generated images (default: %(default)s)")
+    e.add_argument("--n", type=int, default=2000, help="generated or test images (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--root", default=None, help="folder with the .npz (else $MEDMNIST_ROOT, data/medmnist)")
     e.add_argument("--device", default=None)
+
+    a = sub.add_parser("apply", help="run an image-to-image model (super-resolution, reconstruction, "
+                       "translation) on images from a .npz or a folder")
+    a.add_argument("checkpoint", type=Path, help="an exported model or a run's last.safetensors")
+    a.add_argument("input", type=Path, help="a .npz with 'images' (uint8 (N,H,W) or (N,H,W,C), as "
+                   "MedMNIST and `medgan sample` write) or a folder/file of PNG, DICOM or NIfTI images")
+    a.add_argument("--out", type=Path, required=True, help="output .npz: 'images' uint8, one per input")
+    a.add_argument("--size", type=int, default=None, help="folder input: side in pixels (default: "
+                   "the model's input size)")
+    a.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"),
+                   help="folder input: CT window in Hounsfield units, e.g. 40 400")
+    a.add_argument("--device", default=None)
 
     x = sub.add_parser("train-extractor", help="train the in-domain feature extractor for metrics")
     _data_args(x)
@@ -176,53 +204,57 @@ def _setup(ns):
 
 
 def cmd_train(ns) -> int:
-    import torch
-
-    from .data import TensorLoader, dataset_info, load_arrays
-    from .models.gan import GANConfig
-    from .pretrained import export_gan
-    from .train import FitConfig, fit
+    from . import registry
+    from .data import load_arrays
+    from .pretrained import export, train_model
+    from .train import FitConfig
 
     device = _setup(ns)
+    kind, preset = registry.presets()[ns.preset]
     train = load_arrays(ns.dataset, "train", ns.size, ns.root)
-    n_classes = len(dataset_info(ns.dataset)["label"])
-    cfg = GANConfig.preset(ns.preset, channels=train.n_channels, image_size=ns.size,
-                           num_classes=n_classes if ns.conditional else 0,
-                           **{k: v for k, v in _pick(ns, GANConfig).items()
-                              if k not in ("channels", "image_size", "num_classes")})
+    cfg = kind.config(preset, train, ns.conditional,
+                      **{k: v for k, v in _pick(ns, kind.config_cls).items() if k not in FROM_DATA})
     fcfg = FitConfig(**_pick(ns, FitConfig))
     name = f"{ns.preset}{'_cond' if ns.conditional else ''}_{ns.dataset}_{ns.size}"
     out = ns.out or Path("runs") / name
-    print(json.dumps({"gan": cfg.to_dict(), "fit": dataclasses.asdict(fcfg), "dataset": ns.dataset,
-                      "device": str(device), "out": str(out)}, indent=1))
-    from .models.gan import GAN
-
-    prior = torch.bincount(torch.as_tensor(train.labels), minlength=n_classes).float()
-    gan = GAN(cfg, device, class_prior=prior)
-    loader = TensorLoader(train.images, train.labels, ns.batch_size, device, seed=ns.seed)
+    print(json.dumps({"kind": kind.name, "config": cfg.to_dict(), "fit": dataclasses.asdict(fcfg),
+                      "dataset": ns.dataset, "device": str(device), "out": str(out)}, indent=1))
     facts = {"dataset": ns.dataset, "size": ns.size, "seed": ns.seed, "batch_size": ns.batch_size}
-    hist = fit(gan, loader, fcfg, out_dir=out, metadata={"gan": cfg.to_dict(), **facts})
-    export = ns.export or out / f"{name}.safetensors"
-    export_gan(gan, export, hist, steps=hist.step, wall_s=round(hist.wall_s, 1),
-               device=str(device), stopped=hist.stopped, **facts)
-    print(f"{hist.stopped} after {hist.step} steps in {hist.wall_s:.0f} s; generator: {export}")
+    model, hist = train_model(cfg, train, fcfg, seed=ns.seed, batch_size=ns.batch_size, device=device,
+                              out_dir=out, facts=facts)
+    path = ns.export or out / f"{name}.safetensors"
+    export(model, path, hist, steps=hist.step, wall_s=round(hist.wall_s, 1), device=str(device),
+           stopped=hist.stopped, **facts)
+    print(f"{hist.stopped} after {hist.step} steps in {hist.wall_s:.0f} s; model: {path}")
     return 0
+
+
+def _load_model(ns, need: str):
+    """The model in ``ns.checkpoint`` and its header; a clear exit if it cannot ``need``."""
+    from .pretrained import load
+
+    device = _setup(ns)
+    model, meta = load(ns.checkpoint, device)
+    if need and not callable(getattr(model, need, None)):
+        other = {"sample": "`medgan apply` (it maps images to images)",
+                 "apply": "`medgan sample` (it generates images from noise)"}[need]
+        raise SystemExit(f"{ns.checkpoint} holds a {type(model).__name__}, which has no {need}(): "
+                         f"use {other}")
+    return model, meta, device
 
 
 def cmd_sample(ns) -> int:
     import torch
 
     from .data import to_uint8
-    from .pretrained import load_gan
 
-    device = _setup(ns)
-    gan, _ = load_gan(ns.checkpoint, device)
+    model, _, _ = _load_model(ns, "sample")
     gen = torch.Generator().manual_seed(ns.seed)
     labels = None
-    if gan.config.num_classes:
+    if getattr(model.config, "num_classes", 0):
         labels = (torch.full((ns.n,), ns.label) if ns.label is not None
-                  else torch.multinomial(gan.class_prior.cpu(), ns.n, replacement=True, generator=gen))
-    images = to_uint8(gan.sample(ns.n, labels=labels, generator=gen))
+                  else model.sample_labels(ns.n, gen).cpu())
+    images = to_uint8(model.sample(ns.n, labels=labels, generator=gen))
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"images": images}
     if labels is not None:
@@ -235,19 +267,56 @@ def cmd_sample(ns) -> int:
 def cmd_evaluate(ns) -> int:
     import torch
 
-    from .classify import load_extractor
     from .data import load_arrays
-    from .metrics import evaluate
-    from .pretrained import load_gan
 
-    device = _setup(ns)
-    gan, meta = load_gan(ns.checkpoint, device)
-    ds, size = meta.get("dataset", "pneumoniamnist"), meta.get("size", gan.config.image_size)
-    ext = load_extractor(ds, size, device)
-    train, test = load_arrays(ds, "train", size), load_arrays(ds, "test", size)
-    fake = gan.sample(ns.n, generator=torch.Generator().manual_seed(ns.seed))
-    res = evaluate(ext, fake, train.tensors(), test.tensors(), seed=ns.seed)
+    model, meta, device = _load_model(ns, "")
+    ds = meta.get("dataset", "pneumoniamnist")
+    size = meta.get("size", getattr(model.config, "image_size", 28))
+    test = load_arrays(ds, "test", size, ns.root)
+    if callable(getattr(model, "sample", None)):
+        from .classify import load_extractor
+        from .metrics import evaluate
+
+        ext = load_extractor(ds, size, device)
+        train = load_arrays(ds, "train", size, ns.root)
+        fake = model.sample(ns.n, generator=torch.Generator().manual_seed(ns.seed))
+        res = evaluate(ext, fake, train.tensors(), test.tensors(), seed=ns.seed)
+    elif callable(getattr(model, "apply", None)):
+        from .metrics import evaluate_paired
+        from .registry import kind_of
+
+        res = evaluate_paired(model, kind_of(model.config), test.tensors()[:ns.n], seed=ns.seed)
+    else:
+        raise SystemExit(f"{ns.checkpoint} holds a {type(model).__name__}, which neither samples nor "
+                         "applies: nothing to evaluate")
     print(json.dumps(res, indent=1))
+    return 0
+
+
+def cmd_apply(ns) -> int:
+    import torch
+
+    from .data import load_image_folder, to_float, to_uint8
+
+    model, _, device = _load_model(ns, "apply")
+    if ns.input.suffix == ".npz":
+        with np.load(ns.input) as f:
+            if "images" not in f.files:
+                raise SystemExit(f"{ns.input} has no 'images' array (it has {f.files})")
+            arr = f["images"]
+        x = (to_float(torch.from_numpy(arr)) if arr.dtype == np.uint8
+             else torch.as_tensor(arr, dtype=torch.float32))
+        if x.ndim == 3:
+            x = x[:, None]
+    else:
+        size = ns.size or getattr(model.config, "input_size", None) or getattr(model.config, "image_size", 64)
+        x = load_image_folder(ns.input, size, window=tuple(ns.window) if ns.window else None).images
+    with torch.no_grad():
+        y = torch.cat([model.apply(x[i:i + 256].to(device)).cpu() for i in range(0, len(x), 256)])
+    images = to_uint8(y)
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(ns.out, images=images)
+    print(f"wrote {images.shape} {images.dtype} to {ns.out}")
     return 0
 
 
@@ -324,32 +393,18 @@ def cmd_run_notebooks(ns) -> int:
 def cmd_experiment(ns) -> int:
     from .classify import load_extractor
     from .data import load_arrays
-    from .experiments import grid, summarize
-    from .models.gan import GANConfig
+    from .experiments import run_grid
     from .results import start_run
-    from .train import FitConfig
 
     device = _setup(ns)
     if ns.which == "augmentation":
         return _augmentation(ns, device)
     train, test = load_arrays(ns.dataset, "train", ns.size, ns.root), load_arrays(ns.dataset, "test", ns.size, ns.root)
     extractor = load_extractor(ns.dataset, ns.size, device)
-    base = dict(channels=train.n_channels, image_size=ns.size)
-    if ns.which == "stability":
-        configs = [(f"{p}/lr{lr:g}", GANConfig.preset(p, lr_g=lr, lr_d=lr, **base))
-                   for p in ("dcgan", "wgan-gp") for lr in ns.lrs]
-    else:
-        wg = GANConfig.preset("wgan-gp", **base)
-        configs = [("plain", wg), ("ema", dataclasses.replace(wg, ema=0.999)),
-                   ("diffaugment", dataclasses.replace(wg, diffaugment="color,translation,cutout")),
-                   ("ema+diffaugment", dataclasses.replace(wg, ema=0.999,
-                                                           diffaugment="color,translation,cutout"))]
     run = start_run(ns.name or f"03_{ns.which.replace('-', '_')}", vars(ns) | {"root": None}, device)
-    results = grid(configs, ns.seeds, train=train, test=test, extractor=extractor,
-                   fit_config=FitConfig(steps=ns.steps, log_every=max(1, ns.eval_every // 2), ckpt_every=0),
-                   batch_size=ns.batch_size, eval_every=ns.eval_every, n_eval=ns.n_eval,
-                   device=device, judge=extractor)
-    summary = summarize(results)
+    results, summary = run_grid(ns.which, train, test, extractor, lrs=ns.lrs, seeds=ns.seeds, steps=ns.steps,
+                                eval_every=ns.eval_every, n_eval=ns.n_eval, batch_size=ns.batch_size,
+                                device=device)
     path = run.finish(summary, extra={"runs": results, "command": "medgan " + " ".join(sys.argv[1:])})
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")
@@ -359,7 +414,7 @@ def cmd_experiment(ns) -> int:
 def cmd_train_cgan(ns) -> int:
     from .augmentation import cgan_config, cgan_steps, study_gan_steps, train_cgan
     from .data import load_arrays, stratified_subset
-    from .pretrained import CHECKPOINT_DIR, export_gan
+    from .pretrained import CHECKPOINT_DIR, export
 
     device = _setup(ns)
     ns.gan_steps = study_gan_steps(ns.dataset, ns.gan_steps)
@@ -370,7 +425,7 @@ def cmd_train_cgan(ns) -> int:
         overrides = {} if ns.aux_weight is None else {"aux_weight": ns.aux_weight}
         gan, hist = train_cgan(train.images[idx], train.labels[idx], cgan_config(train, **overrides), steps,
                                seed=0, device=device)
-        path = export_gan(gan, CHECKPOINT_DIR / f"cgan_{ns.dataset}_{ns.size}_f{frac:g}.safetensors", hist,
+        path = export(gan, CHECKPOINT_DIR / f"cgan_{ns.dataset}_{ns.size}_f{frac:g}.safetensors", hist,
                           dataset=ns.dataset, size=ns.size, fraction=frac, n_real=int(len(idx)),
                           steps=steps, subset_seed=0, wall_s=round(hist.wall_s, 1))
         print(f"{path}: {steps} steps on {len(idx)} images in {hist.wall_s:.0f} s", flush=True)
@@ -403,7 +458,7 @@ def _augmentation(ns, device) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+    handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "apply": cmd_apply,
                "train-extractor": cmd_train_extractor, "download": cmd_download,
                "run-notebooks": cmd_run_notebooks, "experiment": cmd_experiment,
                "train-cgan": cmd_train_cgan}[ns.command]

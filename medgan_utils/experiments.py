@@ -15,10 +15,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .data import Arrays, TensorLoader
+from .data import Arrays
 from .metrics import class_coverage, evaluate, extract_features, frechet_distance
-from .models.gan import GAN, GANConfig
-from .train import FitConfig, fit
+from .models.gan import GANConfig
+from .pretrained import train_model
+from .train import FitConfig
 
 
 def fd_callback(extractor: torch.nn.Module, test_images: torch.Tensor, n: int = 1000,
@@ -45,24 +46,58 @@ def train_and_score(
         ``{"config", "history", "stopped", "steps", "wall_s", "metrics", "class_fractions"}``;
         a diverged run keeps its history and scores its last weights if they are finite.
     """
-    torch.manual_seed(seed)
-    prior = torch.bincount(torch.as_tensor(train.labels)).float()
-    gan = GAN(config, device, class_prior=prior if config.num_classes else None)
-    loader = TensorLoader(train.images, train.labels, batch_size, device, seed=seed)
-    test_x = test.tensors()
-    callbacks = [(eval_every, fd_callback(extractor, test_x, n_eval, seed))] if eval_every else []
+    callbacks = [(eval_every, fd_callback(extractor, test.tensors(), n_eval, seed))] if eval_every else []
     t0 = time.perf_counter()
-    hist = fit(gan, loader, replace(fit_config, on_divergence="stop", resume=False),
-               callbacks=callbacks, progress=progress)
+    gan, hist = train_model(config, train, replace(fit_config, on_divergence="stop", resume=False), seed=seed,
+                            batch_size=batch_size, device=device, callbacks=callbacks, progress=progress)
     out = {"config": config.to_dict(), "history": hist.records, "stopped": hist.stopped,
            "steps": hist.step, "wall_s": round(time.perf_counter() - t0, 1)}
     fake = gan.sample(n_eval, generator=torch.Generator().manual_seed(seed + 1))
     if torch.isfinite(fake).all():
-        out["metrics"] = evaluate(extractor, fake, train.tensors(), test_x[:n_eval], seed=seed,
+        out["metrics"] = evaluate(extractor, fake, train.tensors(), test.tensors()[:n_eval], seed=seed,
                                   kid_subsets=10)
         if judge is not None:
             out["class_fractions"] = class_coverage(judge, fake, len(train.class_names)).tolist()
     return out
+
+
+def stability_configs(base: dict, lrs: Sequence[float]) -> list[tuple[str, GANConfig]]:
+    """Chapter 03's stability grid: DCGAN and WGAN-GP at each learning rate (G and D alike)."""
+    return [(f"{p}/lr{lr:g}", GANConfig.preset(p, lr_g=lr, lr_d=lr, **base))
+            for p in ("dcgan", "wgan-gp") for lr in lrs]
+
+
+SMALL_DATA_AUGMENT = "color,translation,cutout"
+
+
+def small_data_configs(base: dict) -> list[tuple[str, GANConfig]]:
+    """Chapter 03's small-data grid: WGAN-GP plain, with EMA, with DiffAugment, with both."""
+    wg = GANConfig.preset("wgan-gp", **base)
+    return [("plain", wg), ("ema", replace(wg, ema=0.999)),
+            ("diffaugment", replace(wg, diffaugment=SMALL_DATA_AUGMENT)),
+            ("ema+diffaugment", replace(wg, ema=0.999, diffaugment=SMALL_DATA_AUGMENT))]
+
+
+GRIDS = {"stability": lambda base, lrs: stability_configs(base, lrs),
+         "small-data": lambda base, lrs: small_data_configs(base)}
+
+
+def run_grid(which: str, train: Arrays, test: Arrays, extractor: torch.nn.Module, *,
+             lrs: Sequence[float] = (1e-4, 1e-3, 5e-3), seeds: Sequence[int] = (0, 1), steps: int = 300,
+             eval_every: int = 50, n_eval: int = 600, batch_size: int = 64,
+             device: torch.device | str = "cpu") -> tuple[dict, dict]:
+    """One of chapter 03's grids (``which`` in :data:`GRIDS`); returns ``(runs, summary)``.
+
+    The extractor also judges class coverage. Run by ``medgan experiment stability|small-data``.
+    """
+    if which not in GRIDS:
+        raise ValueError(f"unknown grid {which!r}; choose from {sorted(GRIDS)}")
+    configs = GRIDS[which](dict(channels=train.n_channels, image_size=train.size), lrs)
+    runs = grid(configs, seeds, train=train, test=test, extractor=extractor,
+                fit_config=FitConfig(steps=steps, log_every=max(1, eval_every // 2), ckpt_every=0),
+                batch_size=batch_size, eval_every=eval_every, n_eval=n_eval, device=device,
+                judge=extractor)
+    return runs, summarize(runs)
 
 
 def grid(configs: Iterable[tuple[str, GANConfig]], seeds: Sequence[int], **kwargs) -> dict[str, dict]:

@@ -1,7 +1,10 @@
-"""Shipped weights and the load-else-train pattern every notebook uses.
+"""A model's life outside a notebook cell, for every registered kind: train it
+(:func:`train_model`, the one recipe "build the model, make its loader, fit"), ship it
+(:func:`export`), serve it (:func:`load`) and the load-else-train pattern every notebook uses
+(:func:`load_or_train`).
 
-A shipped generator is ``checkpoints/<name>.safetensors`` (the EMA generator when there is one,
-stored as ``G``; its :class:`GANConfig`, data set and training facts in the header) plus
+A shipped model is ``checkpoints/<name>.safetensors`` (the networks its kind exports, e.g. a GAN's
+EMA generator stored as ``G``; its kind, config, data set and training facts in the header) plus
 ``checkpoints/<name>.history.json`` (the loss curves of the run that produced it).
 
 Introduced in ``notebooks/01_vanilla_gan.ipynb``.
@@ -12,22 +15,79 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from .models.gan import GAN, GANConfig
-from .train import FitConfig, History, fit
+from .data import Arrays
+from .registry import ModelKind, config_from_dict, get_kind, kind_of
+from .train import Callback, FitConfig, History, fit
 from .utils import CHECKPOINT_DIR, RUNS_DIR
 
 
-def export_gan(gan: GAN, path: str | os.PathLike, history: History | None = None, **facts: Any) -> Path:
-    """Write the generator to ship (EMA if any) + config + facts, and the history beside it."""
+def header(config: Any, **facts: Any) -> dict[str, Any]:
+    """The checkpoint header of a model: its kind, its config and any facts."""
+    return {"kind": kind_of(config).name, "config": config.to_dict(), **facts}
+
+
+def kind_and_config(meta: Mapping[str, Any], path: str | os.PathLike = "") -> tuple[ModelKind, Any]:
+    """The kind and config a checkpoint header describes (also the chapter 01-04 ``"gan"`` form)."""
+    if "kind" in meta:
+        kind = get_kind(meta["kind"])
+        return kind, config_from_dict(kind, meta["config"])
+    if "gan" in meta:  # headers written before the registry
+        kind = get_kind("gan")
+        return kind, config_from_dict(kind, meta["gan"])
+    raise ValueError(f"{path} is not a medgan model checkpoint (no 'kind' in its header)")
+
+
+def train_model(
+    config: Any,
+    data: Arrays | Iterable,
+    fit_config: FitConfig,
+    *,
+    seed: int | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    out_dir: str | os.PathLike | None = None,
+    callbacks: Iterable[tuple[int, Callback]] = (),
+    facts: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    model: Any = None,
+) -> tuple[Any, History]:
+    """Build the model ``config`` describes, make its loader and :func:`fit` it.
+
+    Args:
+        config: any registered kind's config (a :class:`~medgan_utils.models.GANConfig`...).
+        data: the training split as :class:`~medgan_utils.data.Arrays` (the kind makes the
+            loader: batches of ``batch_size`` shuffled with ``seed``), or a ready loader.
+        seed: seeds torch before the model is built (None: the caller's RNG state as it is).
+        model: a model built by the caller (e.g. with its own networks or optimizers).
+        facts: stored in the checkpoint headers with the kind and config.
+
+    Returns:
+        ``(model, history)``.
+    """
+    kind = kind_of(config)
+    if seed is not None:
+        torch.manual_seed(seed)
+    arrays = data if isinstance(data, Arrays) else None
+    if model is None:
+        model = kind.build(config, device, arrays)
+    loader = kind.loader(arrays, config, batch_size, device, seed or 0) if arrays is not None else data
+    hist = fit(model, loader, fit_config, out_dir=out_dir, callbacks=callbacks,
+               metadata=header(config, **(facts or {})), progress=progress)
+    return model, hist
+
+
+def export(model: Any, path: str | os.PathLike, history: History | None = None, **facts: Any) -> Path:
+    """Write the networks ``model``'s kind ships + kind, config and facts; the history beside it."""
     path = Path(path)
-    meta = {"gan": gan.config.to_dict(), **facts}
-    save_checkpoint(path, {"G": gan.generator_for_export()}, metadata=meta)
+    kind = kind_of(model.config)
+    save_checkpoint(path, kind.export_modules(model), metadata=header(model.config, **facts))
     if history is not None:
         history.to_json(history_path(path))
     return path
@@ -38,65 +98,60 @@ def history_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".history.json")
 
 
-def load_gan(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[GAN, dict]:
-    """Rebuild a GAN from a shipped export or a training ``last.safetensors``.
+def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[Any, dict]:
+    """Rebuild any registered model from a shipped export or a training ``last.safetensors``.
 
     Returns:
-        ``(gan, metadata)``; for an export only ``gan.G`` holds trained weights (``sample`` uses it).
+        ``(model, metadata)``, in eval mode; for an export only the shipped networks hold
+        trained weights (what ``sample``/``apply`` use).
     """
     meta = read_metadata(path)
-    if "gan" not in meta:
-        raise ValueError(f"{path} is not a medgan GAN checkpoint (no 'gan' config in its header)")
-    cfg = GANConfig(**meta["gan"])
-    gan = GAN(cfg, device)
-    stored = load_checkpoint(path)["tensors"]
-    names = {k.split(".")[0] for k in stored}
-    if names == {"G"}:  # an export: its G is what sample() should use
-        load_checkpoint(path, {"G": gan.G})
-        gan.G_ema = None
-    else:
-        load_checkpoint(path, gan.modules())
-    gan.G.eval()
-    return gan, meta
+    kind, config = kind_and_config(meta, path)
+    model = kind.build(config, device)
+    stored = {k.split(".")[0] for k in load_checkpoint(path)["tensors"]}
+    load_checkpoint(path, kind.serve_modules(model, stored))
+    for module in model.modules().values():
+        module.eval()
+    return model, meta
 
 
 def load_or_train(
     name: str,
-    config: GANConfig,
-    data,
+    config: Any,
+    data: Arrays | Iterable,
     fit_config: FitConfig,
     *,
     train_from_scratch: bool = False,
     device: torch.device | str = "cpu",
-    class_prior: torch.Tensor | None = None,
     facts: dict[str, Any] | None = None,
     progress: bool = True,
-) -> tuple[GAN, History, str]:
+    **train_kwargs: Any,
+) -> tuple[Any, History, str]:
     """Load ``checkpoints/<name>.safetensors`` or train it (the UvA ``pretrained_filename`` idea).
 
-    Training goes to ``runs/<name>/`` (checkpoints, resume, samples) and the result is exported
-    to ``runs/<name>/<name>.safetensors``; copy it into ``checkpoints/`` to ship it.
+    Training goes to ``runs/<name>/`` (checkpoints, resume, samples) through :func:`train_model`
+    and the result is exported to ``runs/<name>/<name>.safetensors``; copy it into
+    ``checkpoints/`` to ship it.
 
     Returns:
-        ``(gan, history, source)`` with source ``"shipped"`` or ``"trained"``.
+        ``(model, history, source)`` with source ``"shipped"`` or ``"trained"``.
     """
     shipped = CHECKPOINT_DIR / f"{name}.safetensors"
     if shipped.exists() and not train_from_scratch:
-        gan, meta = load_gan(shipped, device)
-        if GANConfig(**meta["gan"]) != config:
-            print(f"note: the shipped {name} was trained with {meta['gan']}")
+        model, meta = load(shipped, device)
+        if model.config != config:
+            print(f"note: the shipped {name} was trained with {model.config}")
         hp = history_path(shipped)
         history = History.from_json(hp) if hp.exists() else History()
-        return gan, history, "shipped"
-    gan = GAN(config, device, class_prior=class_prior)
+        return model, history, "shipped"
     out = RUNS_DIR / name
     if train_from_scratch and out.exists() and not fit_config.resume:
         shutil.rmtree(out)
-    history = fit(gan, data, fit_config, out_dir=out, progress=progress,
-                  metadata={"gan": config.to_dict(), **(facts or {})})
-    export_gan(gan, out / f"{name}.safetensors", history,
-               steps=history.step, wall_s=history.wall_s, **(facts or {}))
-    return gan, history, "trained"
+    model, history = train_model(config, data, fit_config, device=device, out_dir=out,
+                                 facts=facts, progress=progress, **train_kwargs)
+    export(model, out / f"{name}.safetensors", history,
+           steps=history.step, wall_s=history.wall_s, **(facts or {}))
+    return model, history, "trained"
 
 
 def read_facts(path: str | os.PathLike) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 from medgan_utils import augmentation as aug
 from medgan_utils.classify import ClassifierTrainConfig
 from medgan_utils.data import Arrays, load_arrays, stratified_subset
-from medgan_utils.pretrained import load_gan
+from medgan_utils.pretrained import load
 from medgan_utils.results import combine_results, load_results
 
 TINY_CLF = ClassifierTrainConfig(max_epochs=1, patience=1, batch_size=32, min_steps_per_epoch=2)
@@ -136,7 +136,7 @@ def test_experiment_resumes_and_a_new_generator_reruns_only_its_arms(breast, tmp
     for frac in ("0.05", "0.1"):
         for arm in aug.GAN_FREE_ARMS:
             assert changed["per_fraction"][frac][arm] == first["per_fraction"][frac][arm]
-        saved, _ = load_gan(tmp_path / f"cgan_{frac}.safetensors")
+        saved, _ = load(tmp_path / f"cgan_{frac}.safetensors")
         assert saved.config.aux_weight == 0.0
         stored = json.loads((tmp_path / f"fraction_{frac}.json").read_text())
         assert stored["gan_config"]["aux_weight"] == 0.0
@@ -177,7 +177,7 @@ def test_shipped_cgans_are_conditional_and_trained_on_their_fraction(medmnist_ro
     for ds in aug.AUGMENTATION_DATASETS:
         labels = load_arrays(ds, "train", root=medmnist_root).labels
         for frac in ("0.1", "1"):
-            gan, meta = load_gan(CHECKPOINT_DIR / f"cgan_{ds}_28_f{frac}.safetensors")
+            gan, meta = load(CHECKPOINT_DIR / f"cgan_{ds}_28_f{frac}.safetensors")
             assert gan.config.num_classes == 2 and meta["fraction"] == float(frac)
             assert meta["n_real"] == len(stratified_subset(labels, float(frac), seed=meta["subset_seed"]))
             assert meta["steps"] >= 600

@@ -30,23 +30,32 @@ def _keep_env(monkeypatch):
     monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    parser = cli.build_parser()
+def _sub(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["train"]
+    return sub.choices[name]
+
+
+def _train_parser(preset: str = "wgan-gp") -> argparse.ArgumentParser:
+    return _sub(_sub(cli.build_parser(), "train"), preset)
 
 
 def test_train_help_explains_every_option(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--help"])
     assert exit_.value.code == 0
+    listing = capsys.readouterr().out
+    for preset in ("gan", "dcgan", "wgan-gp", "wgan-clip"):
+        assert preset in listing
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "wgan-gp", "--help"])
+    assert exit_.value.code == 0
     text = capsys.readouterr().out
     fields = [f.name for f in dataclasses.fields(GANConfig) if f.name not in FROM_DATA]
     fields += [f.name for f in dataclasses.fields(FitConfig)]
     for name in fields:
         assert f"--{name.replace('_', '-')}" in text, name
-    for preset in ("gan", "dcgan", "wgan-gp"):
-        assert preset in text
+    assert "(default: 5)" in {a.dest: a.help for a in _train_parser()._actions}["n_critic"], \
+        "a preset's own values are the defaults shown"
 
     # Every option carries an explanation, not only its default.
     for action in _train_parser()._actions:
@@ -65,8 +74,8 @@ def test_train_options_reach_the_configs(tmp_path, monkeypatch, medmnist_root):
         seen.update(gan=gan.config, fit=fcfg, batch=loader.batch_size)
         return History(step=0, stopped="done")
 
-    monkeypatch.setattr("medgan_utils.train.fit", fake_fit)
-    monkeypatch.setattr("medgan_utils.pretrained.export_gan", lambda *a, **k: tmp_path / "x")
+    monkeypatch.setattr("medgan_utils.pretrained.fit", fake_fit)
+    monkeypatch.setattr("medgan_utils.pretrained.export", lambda *a, **k: tmp_path / "x")
     cli.main(["train", "wgan-gp", "--dataset", "breastmnist", "--root", str(medmnist_root),
               "--width", "8", "--lr-g", "1e-3", "--ema", "0.99", "--steps", "7", "--no-resume",
               "--batch-size", "5", "--out", str(tmp_path), "--device", "cpu"])
@@ -90,7 +99,8 @@ def test_train_module_then_sample(tmp_path, medmnist_root):
     export = out / "gan_pneumoniamnist_28.safetensors"
     assert export.is_file() and str(export) in proc.stdout
     meta = read_metadata(export)
-    assert meta["gan"]["arch"] == "mlp" and meta["dataset"] == "pneumoniamnist"
+    assert meta["kind"] == "gan" and meta["config"]["arch"] == "mlp"
+    assert meta["dataset"] == "pneumoniamnist"
     assert meta["steps"] == 3 and meta["stopped"] == "done"
     assert read_metadata(out / "last.safetensors")["step"] == 3
     hist = json.loads((out / "gan_pneumoniamnist_28.history.json").read_text())
@@ -119,7 +129,7 @@ def test_conditional_export_samples_labels(tmp_path, medmnist_root, capsys):
               "--root", str(medmnist_root), "--width", "8", "--latent-dim", "16", "--steps", "1",
               "--batch-size", "8", "--out", str(out), "--device", "cpu"])
     export = out / "dcgan_cond_breastmnist_64.safetensors"
-    assert read_metadata(export)["gan"]["num_classes"] == 2
+    assert read_metadata(export)["config"]["num_classes"] == 2
 
     npz = tmp_path / "cond.npz"
     cli.main(["sample", str(export), "--n", "10", "--out", str(npz), "--device", "cpu"])

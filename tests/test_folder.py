@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medgan_utils.data import ImageFolder, ImageReadError, load_image_folder
+from medgan_utils.data import ImageFolder, ImageReadError, load_image_folder, to_uint8
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -100,6 +100,23 @@ def test_16_bit_png_min_max_and_window_in_stored_units(tmp_path):
     win = load_image_folder(tmp_path, size=64, window=(30000, 20000)).images[0, 0].double()
     expected = np.clip((values.astype(np.float64) - 20000) / 20000, 0, 1) * 2 - 1
     np.testing.assert_allclose(win.numpy(), expected, atol=1e-5)
+
+
+def test_16_bit_levels_one_apart_stay_distinct_and_keep_range_returns_them(tmp_path):
+    values = np.full((8, 8), 1000, dtype=np.uint16)
+    values[4:] = 1001  # one 16-bit level apart
+    values[0, 0], values[0, 1] = 0, 65535  # the full 16-bit range, so min-max cannot help
+    write_png(tmp_path / "levels16.png", values)
+    default = load_image_folder(tmp_path, size=8).images
+    low, high = default[0, 0, 1, 0].item(), default[0, 0, 7, 0].item()
+    # Float all the way: the two levels stay 2 / 65535 apart in [-1, 1] ...
+    assert high - low == pytest.approx(2 / 65535, rel=1e-3)
+    # ... where any 8-bit step (256 levels over the range) would merge them.
+    as_8_bit = to_uint8(default)
+    assert as_8_bit[0, 1, 0] == as_8_bit[0, 7, 0]
+    out = load_image_folder(tmp_path, size=8, keep_range=True)
+    np.testing.assert_array_equal(out.images[0, 0].numpy(), values.astype(np.float32))
+    assert any("keep_range=True" in n for n in out.notes)
 
 
 def test_rgb_jpeg_becomes_luma(tmp_path):
@@ -189,6 +206,18 @@ def test_ct_dicom_hu_window_maps_known_values():
     assert any("HU" in n and "center 40" in n for n in out.notes)
 
 
+def test_ct_dicom_keep_range_gives_hounsfield_units():
+    path = wheel_dicom("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    raw = load_image_folder(path, size=128, keep_range=True).images[0, 0].double().numpy()
+    np.testing.assert_array_equal(raw, hu)
+    # With a window: clipped to [-160, 240] HU, still in HU.
+    out = load_image_folder(path, size=128, window=(40, 400), keep_range=True)
+    np.testing.assert_array_equal(out.images[0, 0].double().numpy(), np.clip(hu, -160, 240))
+    assert any("keep_range=True" in n and "[-160, 240]" in n for n in out.notes)
+
+
 def test_dicom_without_extension_and_dicom_without_pixels(tmp_path):
     shutil.copy(wheel_dicom("CT_small.dcm"), tmp_path / "IM0001")  # how PACS exports look
     shutil.copy(wheel_dicom("rtplan.dcm"), tmp_path / "plan.dcm")  # valid DICOM, no image
@@ -240,6 +269,19 @@ def test_nifti_axial_slices_in_radiological_view(tmp_path, affine, voxel):
     middle = out.images[1, 0]
     assert middle[0, 0] == 1 and (middle.flatten()[1:] == -1).all()
     assert any("radiological" in n for n in out.notes)
+
+
+def test_nifti_hu_volume_round_trips_with_keep_range(tmp_path):
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1024, 3072, (8, 6, 3)).astype(np.int16)  # L-R x P-A x I-S, RAS affine
+    hu[0, 0, 0] = -1024  # air: the volume's minimum, used as black for the padding
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), tmp_path / "ct.nii.gz")
+    out = load_image_folder(tmp_path, size=8, keep_range=True).images[:, 0].double().numpy()
+    # Each axial slice (6 x 8 as displayed: anterior up, patient's right on the left) lies
+    # between one padding row of -1024 HU above and below, its HU values unchanged.
+    for k in range(3):
+        np.testing.assert_array_equal(out[k, 1:7], hu[:, :, k].T[::-1, ::-1])
+        assert (out[k, [0, 7]] == -1024).all()
 
 
 def test_nibabel_wheel_volumes_3d_and_4d(tmp_path):

@@ -1,4 +1,5 @@
-"""Data: MedMNIST (offline, verified), the fast tensor path, and helpers every chapter needs."""
+"""Data: MedMNIST (offline, verified), the fast tensor path, paired/unpaired loaders for the
+image-to-image chapters, and helpers every chapter needs."""
 
 from .degrade import (
     apply_mask,
@@ -29,6 +30,7 @@ from .medmnist import (
     to_uint8,
     verify_file,
 )
+from .paired import PairedLoader, UnpairedLoader, make_sr_pairs
 from .splits import label_histogram, partition_clients, stratified_subset
 
 __all__ = [
@@ -42,4 +44,6 @@ __all__ = [
     "stroke_mask", "upsample",
     # folder.py
     "ImageFolder", "ImageReadError", "load_image_folder",
+    # paired.py
+    "PairedLoader", "UnpairedLoader", "make_sr_pairs",
 ]

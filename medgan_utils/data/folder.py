@@ -3,8 +3,10 @@
 :func:`load_image_folder` turns whatever a hospital export or a downloaded data set contains
 (8- or 16-bit PNG, RGB JPEG, CT/MR DICOM with or without ``.dcm``, 2D/3D/4D NIfTI) into the
 package's convention: float (N, 1, size, size) in [-1, 1], one row per 2D image or volume slice,
-with the name of the file (and slice) each row came from. Files are read by MONAI's ``LoadImage``
-with an explicit reader per format, so the axis order is known:
+with the name of the file (and slice) each row came from; or, with ``keep_range=True``, in the
+files' own units (Hounsfield units, raw 16-bit values) for chapters that need them. Pixels stay in
+floating point from the file to the tensor: 16-bit images keep all their levels. Files are read
+by MONAI's ``LoadImage`` with an explicit reader per format, so the axis order is known:
 
 * PNG/JPEG/BMP/TIFF: ``PILReader(reverse_indexing=False)`` -> (H, W) or (H, W, C) as displayed.
 * DICOM: ``PydicomReader(swap_ij=False)`` -> (rows, cols), (frames, rows, cols), with a trailing
@@ -51,7 +53,8 @@ class ImageFolder:
     """What :func:`load_image_folder` returns.
 
     Attributes:
-        images: float32 (N, 1, size, size) in [-1, 1].
+        images: float32 (N, 1, size, size) in [-1, 1]; in stored units with ``keep_range=True``
+            (see :func:`load_image_folder`).
         sources: N names, the file path relative to the folder, plus ``[z=K]`` for slice K of a
             NIfTI volume or ``[frame=K]`` for frame K of a multi-frame DICOM.
         notes: human-readable lines on what was done (intensity mapping and windowing, aspect
@@ -211,8 +214,27 @@ def _to_unit_range(arrays: list[np.ndarray], window: tuple[float, float] | None)
     return torch.from_numpy(unit * 2 - 1).float()
 
 
-def _fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(H, W) in [-1, 1] -> (size, size): longest side resized to ``size``, then padded with -1.
+def _stored_units(arrays: list[np.ndarray], window: tuple[float, float] | None
+                  ) -> tuple[torch.Tensor, float, float]:
+    """One file's slices, (S, H, W) float, kept in stored units (clipped to the window if any).
+
+    Returns the float32 stack and its black and white ends ``(lo, hi)``: the file's min and max,
+    or the window's ends. float32 holds every integer up to 2**24 exactly, so 16-bit values and
+    Hounsfield units come through unchanged.
+    """
+    stack = np.stack(arrays)
+    if window is None:
+        lo, hi = float(stack.min()), float(stack.max())
+    else:
+        lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
+        stack = np.clip(stack, lo, hi)
+    return torch.from_numpy(stack).float(), lo, hi
+
+
+def _fit_square(image: torch.Tensor, size: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
+    """(H, W) in [lo, hi] -> (size, size): longest side resized to ``size``, then padded with
+    ``lo`` (black: -1 in the default [-1, 1] range, the file's minimum or the window's lower end
+    in stored units).
 
     torch's antialiased ``interpolate`` (PIL-style resampling filter) rather than MONAI's
     ``Resize(anti_aliasing=True)``, which Gaussian-smooths at full resolution first: 36 ms per
@@ -227,8 +249,8 @@ def _fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True,
                           align_corners=False)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    x = F.pad(x, (left, size - new_w - left, top, size - new_h - top), value=-1.0)
-    return x[0].clamp(-1.0, 1.0)
+    x = F.pad(x, (left, size - new_w - left, top, size - new_h - top), value=lo)
+    return x[0].clamp(lo, hi)
 
 
 def _some(names: list[str], k: int = 5) -> str:
@@ -248,6 +270,7 @@ def load_image_folder(
     window: tuple[float, float] | None = None,
     recursive: bool = True,
     on_error: Literal["raise", "skip"] = "raise",
+    keep_range: bool = False,
 ) -> ImageFolder:
     """Load every image in a folder (or one file) as float (N, 1, size, size) in [-1, 1].
 
@@ -272,6 +295,16 @@ def load_image_folder(
       units for CT DICOM (MONAI's reader has applied ``RescaleSlope``/``RescaleIntercept``),
       nibabel's scaled values for NIfTI, pixel values (0-255, 0-65535) for PNG/JPEG. E.g.
       brain window ``(40, 80)``, soft tissue ``(40, 400)``, lung ``(-600, 1500)``.
+      Pixels are floating point from the reader on (MONAI reads to float32, the scaling is
+      done in float64): a 16-bit PNG keeps all 65,536 levels, nothing goes through 8 bits.
+    * ``keep_range=True`` skips the mapping to [-1, 1]: values stay in the stored units above
+      (Hounsfield units for CT DICOM, 0-65535 for a 16-bit PNG, nibabel's scaled values for
+      NIfTI), as float32, which holds every integer up to 2**24 exactly. With a window, they
+      are clipped to ``[center - width/2, center + width/2]``, still in stored units. Padding
+      then uses the file's minimum (or the window's lower end) as black, and a MONOCHROME1
+      image ``x`` becomes ``min + max - x`` (the window's ends with a window). For chapters
+      that work in physical units (HU thresholds, dose, their own normalisation); the networks
+      of the course expect the default [-1, 1].
     * Aspect ratio is kept: the longest side is resized to ``size`` (bilinear, antialiased)
       and the shorter one padded symmetrically with -1 (black). Padding rather than cropping
       because a crop can cut anatomy (a lesion at the edge) out of a training image.
@@ -285,10 +318,12 @@ def load_image_folder(
             be read (corrupt, truncated, a text file named ``.png``, an unsupported codec):
             ``"raise"`` (default) raises :class:`ImageReadError` naming the file, so a bad
             export is noticed; ``"skip"`` leaves it out with a ``warnings.warn`` naming it.
+        keep_range: return stored units instead of [-1, 1] (see above).
 
     Returns:
-        :class:`ImageFolder` with ``images`` float32 (N, 1, size, size) in [-1, 1], ``sources``
-        (N names) and ``notes`` (what was done, for the notebook's data cell).
+        :class:`ImageFolder` with ``images`` float32 (N, 1, size, size) in [-1, 1] (stored
+        units with ``keep_range=True``), ``sources`` (N names) and ``notes`` (what was done,
+        for the notebook's data cell).
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or holds no readable image.
@@ -341,13 +376,17 @@ def load_image_folder(
             n_volumes += 1
         for flag in flags:
             seen[flag].append(name)
-        scaled = _to_unit_range(slices, window)
+        if keep_range:
+            scaled, lo, hi = _stored_units(slices, window)
+        else:
+            scaled, lo, hi = _to_unit_range(slices, window), -1.0, 1.0
         if "MONOCHROME1" in flags:
-            # MONOCHROME1 displays high values dark. Negating after the window (which is in
-            # stored units) keeps the window's meaning and makes bright = bright as elsewhere.
-            scaled = -scaled
+            # MONOCHROME1 displays high values dark. Mirroring after the window (which is in
+            # stored units) keeps the window's meaning and makes bright = bright as elsewhere
+            # (in [-1, 1] the mirror lo + hi - x is a negation).
+            scaled = (lo + hi) - scaled if keep_range else -scaled
         for img2d, suffix in zip(scaled, suffixes, strict=True):
-            images.append(_fit_square(img2d, int(size)))
+            images.append(_fit_square(img2d, int(size), lo, hi))
             sources.append(name + suffix)
 
     if not images:
@@ -362,7 +401,12 @@ def load_image_folder(
 
     notes = [f"{len(images)} image(s) of {size}x{size} from {n_files} file(s) "
              f"in {root.resolve()}" + (" (recursive)" if recursive and root.is_dir() else "")]
-    if window is None:
+    if keep_range:
+        clip = "" if window is None else (f", clipped to the window [{window[0] - window[1] / 2:g}, "
+                                          f"{window[0] + window[1] / 2:g}]")
+        notes.append(f"intensity: stored units kept (keep_range=True){clip}: HU for CT DICOM "
+                     f"after RescaleSlope/Intercept, pixel values for PNG/JPEG, not [-1, 1]")
+    elif window is None:
         notes.append("intensity: min-max per file to [-1, 1] (no windowing)")
     else:
         c, w = window

@@ -239,7 +239,116 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.contiguous().numpy()
 
 
-class TensorLoader:
+def mix_seed(*keys: int) -> int:
+    """One 64-bit seed that depends only on ``keys``, e.g. ``(seed, epoch, step)``.
+
+    NumPy's ``SeedSequence`` mixes the keys, so neighbouring keys ((0, 1, 2) and (0, 2, 1)) give
+    unrelated streams, which a linear formula such as ``seed * 100_003 + epoch`` does not promise
+    once there are three keys.
+    """
+    entropy = [int(k) % 2**64 for k in keys]  # SeedSequence takes non-negative integers only
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`mix_seed` of ``keys``.
+
+    Draws made with it leave the global RNG alone and can be repeated after a resume without
+    replaying anything before them.
+    """
+    return torch.Generator().manual_seed(mix_seed(*keys))
+
+
+class _Batches:
+    """Which rows each batch holds, epoch after epoch, and where the iteration stands.
+
+    The bookkeeping every loader of this package shares: one epoch per ``__iter__``, ``len()``
+    batches per epoch, and a position saved by ``state_dict`` so that a resumed run continues
+    with exactly the batches an uninterrupted one would. A subclass turns the row indices of
+    :meth:`_steps` into tensors.
+
+    Args:
+        n: number of rows (images or pairs).
+        batch_size: rows per batch (the expected number with ``sampling="poisson"``).
+        seed: fixes every epoch's order (and every Poisson draw).
+        drop_last: leave out the last, smaller batch of an epoch (shuffle sampling only).
+        shuffle: a new random order each epoch, else 0..n-1 every epoch.
+        sampling: ``"shuffle"`` (each row once per epoch) or ``"poisson"`` (each row in each
+            batch independently with probability ``batch_size / n``, see :class:`TensorLoader`).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True,
+                 shuffle: bool = True, sampling: str = "shuffle"):
+        if n == 0:
+            raise ValueError(f"{type(self).__name__} got an empty image array")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if sampling not in ("shuffle", "poisson"):
+            raise ValueError(f"sampling must be 'shuffle' or 'poisson', got {sampling!r}")
+        if sampling == "poisson":
+            if not shuffle:
+                raise ValueError("sampling='poisson' draws random batches by definition; "
+                                 "leave shuffle=True")
+            if batch_size > n:
+                raise ValueError(f"sampling='poisson' needs batch_size <= number of images "
+                                 f"({n}): the rate batch_size / N is a probability")
+        self.n = n
+        self.batch_size = min(batch_size, n) if drop_last else batch_size
+        self.seed, self.drop_last, self.shuffle, self.sampling = seed, drop_last, shuffle, sampling
+        self.epoch, self.position = 0, 0
+        self._cached_order: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    @property
+    def sample_rate(self) -> float:
+        """Probability q that a given image is in a given batch: ``batch_size / N``.
+
+        With ``sampling="poisson"`` this is the q of the privacy accountant (Opacus'
+        ``sample_rate``); with shuffling it is the average rate.
+        """
+        return self.batch_size / self.n
+
+    def __len__(self) -> int:
+        if self.sampling == "poisson" or self.drop_last:
+            return self.n // self.batch_size
+        return -(-self.n // self.batch_size)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+
+    def _indices(self, epoch: int, step: int) -> torch.Tensor:
+        """int64 (B,) CPU row indices of batch ``step`` of ``epoch`` (B varies under Poisson)."""
+        if self.sampling == "poisson":
+            # One fresh generator per step, so any step can be redrawn alone after a resume.
+            gen = seeded_generator(self.seed, epoch, step)
+            return torch.nonzero(torch.rand(self.n, generator=gen) < self.sample_rate).squeeze(1)
+        key = (self.seed, epoch)
+        if self._cached_order is None or self._cached_order[0] != key:
+            # One permutation per epoch, not per batch.
+            self._cached_order = (key, self._order(epoch))
+        return self._cached_order[1][step * self.batch_size:(step + 1) * self.batch_size]
+
+    def _steps(self):
+        """One epoch from the saved position: yields ``(epoch, step, indices)``."""
+        if self.position >= len(self):
+            # State saved right after an epoch's last batch: that epoch is done, start the next
+            # (else the first pass after a resume would be empty and fit() would stop).
+            self.epoch, self.position = self.epoch + 1, 0
+        epoch = self.epoch
+        for step in range(self.position, len(self)):
+            self.position = step + 1
+            yield epoch, step, self._indices(epoch, step)
+        self.epoch, self.position = epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
+
+
+class TensorLoader(_Batches):
     """Shuffled mini-batches of a uint8 image array, converted to [-1, 1] on ``device``.
 
     The whole split is one uint8 tensor (on the device when it fits), so a batch costs one index
@@ -247,53 +356,41 @@ class TensorLoader:
     and the position is saved in checkpoints (``state_dict``), so a resumed run sees exactly the
     batches an uninterrupted one would.
 
+    ``sampling="poisson"`` is the sampling that differential-privacy accounting assumes (Opacus'
+    ``DPDataLoader``): each of the ``len()`` = N // batch_size steps of an epoch includes every
+    image independently with probability ``sample_rate`` = batch_size / N, so batch sizes vary
+    around ``batch_size`` and a batch can be empty (then ``(0, C, H, W)`` and ``(0,)`` tensors
+    are yielded, as Opacus does). Each step's draw comes from a generator seeded by
+    ``(seed, epoch, step)``, so it is repeatable and resumes exactly; ``drop_last`` has no effect.
+
+    Args:
+        images: uint8 (N, H, W) or (N, H, W, C), MedMNIST's layout.
+        labels: (N,) or (N, L) integer labels; None gives zeros.
+        batch_size: images per batch (the expected number with Poisson sampling).
+        device: where batches are yielded (and the array is held).
+        seed: fixes every epoch's order and every Poisson draw.
+        drop_last: leave out the last, smaller batch of an epoch.
+        shuffle: a new order each epoch (False: 0..N-1; not allowed with Poisson sampling).
+        sampling: ``"shuffle"`` (default: each image once per epoch) or ``"poisson"``.
+
     Yields:
         ``(images, labels)``: float (B, C, H, W) in [-1, 1] and int64 (B,) on ``device``.
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor | None = None,
                  batch_size: int = 64, device: torch.device | str = "cpu", seed: int = 0,
-                 drop_last: bool = True, shuffle: bool = True):
+                 drop_last: bool = True, shuffle: bool = True, sampling: str = "shuffle"):
         imgs = torch.as_tensor(images)
         if imgs.dtype != torch.uint8:
             raise TypeError(f"TensorLoader expects uint8 images, got {imgs.dtype}")
         n = len(imgs)
-        if n == 0:
-            raise ValueError("TensorLoader got an empty image array")
+        super().__init__(n, batch_size, seed, drop_last, shuffle, sampling)
         self.device = torch.device(device)
         self.images = imgs.to(self.device)
         lab = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
         self.labels = lab.to(self.device)
-        self.batch_size = min(batch_size, n) if drop_last else batch_size
-        self.seed, self.drop_last, self.shuffle = seed, drop_last, shuffle
-        self.epoch, self.position = 0, 0
-
-    def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        n = len(self.images)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
     def __iter__(self):
-        if self.position >= len(self):
-            # State saved right after an epoch's last batch: that epoch is done, start the next
-            # (else the first pass after a resume would be empty and fit() would stop).
-            self.epoch, self.position = self.epoch + 1, 0
-        while True:
-            order = self._order(self.epoch)
-            for b in range(self.position, len(self)):
-                self.position = b + 1
-                idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
-                yield to_float(self.images[idx]), self.labels[idx]
-            self.epoch, self.position = self.epoch + 1, 0
-            return
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
+        for _, _, idx in self._steps():
+            idx = idx.to(self.device)
+            yield to_float(self.images[idx]), self.labels[idx]

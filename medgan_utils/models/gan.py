@@ -27,6 +27,18 @@ ARCHS = {"mlp": (MLPGenerator, MLPDiscriminator), "dcgan": (DCGANGenerator, DCGA
 LOSSES = ("bce", "wgan-gp", "wgan-clip")
 
 
+PRESETS: dict[str, dict] = {
+    "gan": dict(arch="mlp", loss="bce", width=256, d_norm="none"),
+    "dcgan": dict(arch="dcgan", loss="bce", d_norm="batch"),
+    # Half DCGAN's width: G runs in each of the 5 critic steps, so at width 16 a WGAN-GP step
+    # costs about as much CPU as a DCGAN step at 32 (benchmarks/gan_throughput.py).
+    "wgan-gp": dict(arch="dcgan", loss="wgan-gp", d_norm="layer", n_critic=5, width=16,
+                    lr_g=2e-4, lr_d=2e-4, beta1=0.0, beta2=0.9),
+    "wgan-clip": dict(arch="dcgan", loss="wgan-clip", d_norm="none", n_critic=5, width=16,
+                      lr_g=5e-5, lr_d=5e-5, beta1=0.0, beta2=0.9),
+}
+
+
 @dataclass(frozen=True)
 class GANConfig:
     """Everything that defines a GAN of chapters 01-04 (saved in every checkpoint header).
@@ -98,20 +110,10 @@ class GANConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GANConfig:
-        """The course's presets: "gan" (01), "dcgan" (02), "wgan-gp" (03); overrides win."""
-        presets = {
-            "gan": dict(arch="mlp", loss="bce", width=256, d_norm="none"),
-            "dcgan": dict(arch="dcgan", loss="bce", d_norm="batch"),
-            # Half DCGAN's width: G runs in each of the 5 critic steps, so at width 16 a WGAN-GP
-            # step costs about as much CPU as a DCGAN step at 32 (benchmarks/gan_throughput.py).
-            "wgan-gp": dict(arch="dcgan", loss="wgan-gp", d_norm="layer", n_critic=5, width=16,
-                            lr_g=2e-4, lr_d=2e-4, beta1=0.0, beta2=0.9),
-            "wgan-clip": dict(arch="dcgan", loss="wgan-clip", d_norm="none", n_critic=5, width=16,
-                              lr_g=5e-5, lr_d=5e-5, beta1=0.0, beta2=0.9),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        """The course's presets (:data:`PRESETS`): "gan" (01), "dcgan" (02), "wgan-gp" (03); overrides win."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,7 +193,8 @@ class GAN:
         z = torch.randn(n, self.config.latent_dim, generator=generator)
         return z.to(self.device)
 
-    def _labels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    def sample_labels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """(n,) classes drawn from ``class_prior`` (None for an unconditional GAN)."""
         if not self.config.num_classes:
             return None
         return torch.multinomial(self.class_prior.cpu(), n, replacement=True, generator=generator).to(self.device)
@@ -278,7 +281,7 @@ class GAN:
         was_training = G.training
         G.eval()
         if self.config.num_classes and labels is None:
-            labels = self._labels(n, generator)
+            labels = self.sample_labels(n, generator)
         out = []
         for i in range(0, n, batch_size):
             z = self._noise(min(batch_size, n - i), generator)

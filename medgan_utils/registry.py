@@ -1,0 +1,193 @@
+"""One registry of model kinds: what a chapter registers to get training, export, loading,
+load-else-train and the CLI's ``train``, ``sample``, ``evaluate`` and ``apply`` for free.
+
+A *kind* ties together a frozen config dataclass, the model class built from it, the named
+presets the CLI offers, what the model learns from (MedMNIST images and labels, or aligned
+input/target pairs made from them) and which networks are shipped. A new model is one model file
+under ``medgan_utils/models/`` plus one :func:`register` call (here for the course's own kinds;
+anywhere, e.g. in a test, for others)::
+
+    register(ModelKind("gan", GANConfig, GAN, presets=GAN_PRESETS, ...))
+
+The model class is built as ``model_cls(config, device, **kind.build_kwargs(data, config))`` and
+follows :mod:`medgan_utils.train`'s protocol (``train_step``, ``modules``, ``optimizers``,
+optionally ``state_dict``/``visuals``); a generator adds ``sample(n, labels=None, generator=None)``,
+an image-to-image model ``apply(x)``.
+
+Introduced with chapter 05 (the first chapter that is not a GAN of chapters 01-04).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Arrays, TensorLoader
+from .models.gan import GAN, PRESETS, GANConfig
+
+
+def _image_fields(data: Arrays, conditional: bool) -> dict[str, Any]:
+    return {"channels": data.n_channels, "image_size": data.size,
+            "num_classes": len(data.class_names) if conditional else 0}
+
+
+def _image_loader(data: Arrays, config: Any, batch_size: int, device: torch.device | str,
+                  seed: int) -> Iterable:
+    return TensorLoader(data.images, data.labels, batch_size, device, seed=seed)
+
+
+def _no_kwargs(data: Arrays | None, config: Any) -> dict[str, Any]:
+    return {}
+
+
+def _all_modules(model: Any) -> dict[str, nn.Module]:
+    return dict(model.modules())
+
+
+def _serve_stored(model: Any, stored: set[str]) -> dict[str, nn.Module]:
+    mods = model.modules()
+    missing = stored - set(mods)
+    if missing:
+        raise ValueError(f"the checkpoint holds {sorted(missing)}, which a {type(model).__name__} "
+                         f"does not have ({sorted(mods)})")
+    return {k: v for k, v in mods.items() if k in stored}
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """Everything the package needs to know about one kind of model.
+
+    Attributes:
+        name: the kind's name, stored in every checkpoint header (``"gan"``).
+        config_cls: its frozen config dataclass (with ``to_dict``).
+        model_cls: built as ``model_cls(config, device, **build_kwargs(data, config))``.
+        presets: CLI preset name -> config field overrides (the CLI's ``medgan train PRESET``).
+        description: one line for ``medgan train --help``.
+        data_fields: ``(data, conditional) -> dict`` of config fields read from the data
+            (channels, image size, classes).
+        build_kwargs: ``(data or None, config) -> dict`` of extra constructor arguments (a GAN's
+            class prior from the training labels); ``data`` is None when loading a checkpoint.
+        loader: ``(data, config, batch_size, device, seed) -> iterable`` of training batches.
+        export_modules: ``model -> {name: module}``: what a shipped checkpoint holds.
+        serve_modules: ``(model, stored names) -> {name: module}``: where a checkpoint's
+            modules load into (a GAN's export ``G`` is its EMA generator and replaces ``G``).
+        make_pairs: for image-to-image kinds, ``(images (N,C,H,W) in [-1,1], config, seed) ->
+            (inputs, targets)``: the degradation the model learns to undo; ``evaluate`` and
+            ``apply`` use it.
+        baseline: for image-to-image kinds, ``(inputs, config) -> outputs``: the classical method
+            every evaluation reports beside the model (bicubic upsampling, a median filter...).
+    """
+
+    name: str
+    config_cls: type
+    model_cls: Callable[..., Any]
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    data_fields: Callable[[Arrays, bool], dict[str, Any]] = _image_fields
+    build_kwargs: Callable[[Arrays | None, Any], dict[str, Any]] = _no_kwargs
+    loader: Callable[..., Iterable] = _image_loader
+    export_modules: Callable[[Any], dict[str, nn.Module]] = _all_modules
+    serve_modules: Callable[[Any, set[str]], dict[str, nn.Module]] = _serve_stored
+    make_pairs: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    baseline: Callable[..., torch.Tensor] | None = None
+
+    def config(self, preset: str | None = None, data: Arrays | None = None,
+               conditional: bool = False, **overrides: Any) -> Any:
+        """A config from a preset, the data's facts and explicit overrides (which win)."""
+        if preset is not None and preset not in self.presets:
+            raise ValueError(f"{self.name} has no preset {preset!r}; choose from {sorted(self.presets)}")
+        fields = self.data_fields(data, conditional) if data is not None else {}
+        return self.config_cls(**{**(self.presets.get(preset, {}) if preset else {}), **fields,
+                                  **overrides})
+
+    def build(self, config: Any, device: torch.device | str = "cpu", data: Arrays | None = None) -> Any:
+        """A fresh model of this kind (random weights, from the global torch RNG)."""
+        return self.model_cls(config, device, **self.build_kwargs(data, config))
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register(kind: ModelKind, *, replace: bool = False) -> ModelKind:
+    """Add ``kind`` (an error if its name or a preset name is taken, unless ``replace``)."""
+    if not replace:
+        if kind.name in _KINDS:
+            raise ValueError(f"a model kind named {kind.name!r} is registered already")
+        taken = {p for k in _KINDS.values() for p in k.presets} & set(kind.presets)
+        if taken:
+            raise ValueError(f"preset names {sorted(taken)} belong to another kind already")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    _KINDS.pop(name, None)
+
+
+def kinds() -> dict[str, ModelKind]:
+    """Every registered kind by name."""
+    return dict(_KINDS)
+
+
+def get_kind(name: str) -> ModelKind:
+    if name not in _KINDS:
+        raise ValueError(f"unknown model kind {name!r}; registered: {sorted(_KINDS)}")
+    return _KINDS[name]
+
+
+def kind_of(config: Any) -> ModelKind:
+    """The kind whose config class ``config`` is."""
+    for kind in _KINDS.values():
+        if type(config) is kind.config_cls:
+            return kind
+    raise ValueError(f"no registered model kind uses {type(config).__name__}")
+
+
+def presets() -> dict[str, tuple[ModelKind, str]]:
+    """CLI preset name -> (kind, preset); a kind without presets is offered under its own name."""
+    out: dict[str, tuple[ModelKind, str | None]] = {}
+    for kind in _KINDS.values():
+        for p in kind.presets or {kind.name: {}}:
+            out[p] = (kind, p if kind.presets else None)
+    return out
+
+
+def config_from_dict(kind: ModelKind, values: Mapping[str, Any]) -> Any:
+    """Rebuild a config from a checkpoint header, ignoring fields a newer version dropped."""
+    known = {f.name for f in dataclasses.fields(kind.config_cls)}
+    return kind.config_cls(**{k: v for k, v in values.items() if k in known})
+
+
+# -- the course's kinds -----------------------------------------------------------------------
+
+
+def _gan_build_kwargs(data: Arrays | None, config: GANConfig) -> dict[str, Any]:
+    # Fakes are drawn with the training set's class mix (a uniform prior would ask an
+    # imbalanced set's rare class as often as the common one).
+    if data is None or not config.num_classes:
+        return {}
+    labels = torch.as_tensor(np.asarray(data.labels).reshape(-1))
+    return {"class_prior": torch.bincount(labels, minlength=config.num_classes).float()}
+
+
+def _gan_serve(model: GAN, stored: set[str]) -> dict[str, nn.Module]:
+    if stored == {"G"}:  # a shipped export: its G (the EMA one when there was one) is what samples
+        model.ema = None
+        return {"G": model.G}
+    return _serve_stored(model, stored)
+
+
+register(ModelKind(
+    "gan", GANConfig, GAN, presets=PRESETS,
+    description="the GANs of chapters 01-04 (gan = MLP + BCE, dcgan = conv + BatchNorm + BCE, "
+                "wgan-gp = critic + gradient penalty, wgan-clip = weight clipping)",
+    build_kwargs=_gan_build_kwargs,
+    export_modules=lambda gan: {"G": gan.generator_for_export()},
+    serve_modules=_gan_serve,
+))
