@@ -26,13 +26,14 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .classify import ClassifierTrainConfig, auc_acc, predict_proba, train_classifier
 from .data import Arrays, stratified_subset, to_float, to_uint8
+from .data.augment import affine
 from .models.classifier import ClassifierConfig
 from .models.gan import GAN, GANConfig
 from .pretrained import export, load, train_model
+from .results import key
 from .train import FitConfig
 from .utils import write_json
 
@@ -105,10 +106,7 @@ def classic_copies(images: np.ndarray, seed: int) -> np.ndarray:
     ang = (torch.rand(b, generator=g) * 2 - 1) * math.radians(15)
     scale = 0.9 + 0.2 * torch.rand(b, generator=g)
     shift = (torch.rand(b, 2, generator=g) * 2 - 1) * (2 / x.shape[-1] * 2)
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False),
-                      padding_mode="border", align_corners=False)
+    x = affine(x, ang, scale, shift)
     flip = torch.rand(b, generator=g) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
     contrast = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=g))
@@ -160,22 +158,22 @@ def summarize_arms(per_fraction: dict[str, dict[str, list[dict]]]) -> dict[str, 
     flat: dict[str, float] = {}
     for frac, arms in per_fraction.items():
         for arm, runs in arms.items():
-            for key in ("auc", "acc"):
-                vals = np.array([r[key] for r in runs])
-                flat[f"{frac}/{arm}/{key}_mean"] = float(vals.mean())
-                flat[f"{frac}/{arm}/{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            for stat in ("auc", "acc"):
+                vals = np.array([r[stat] for r in runs])
+                flat[key(frac, arm, f"{stat}_mean")] = float(vals.mean())
+                flat[key(frac, arm, f"{stat}_std")] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         if "real" in arms:
             real = np.array([r["auc"] for r in arms["real"]])
             for arm in arms:
                 if arm.startswith("real+"):
                     diff = np.array([r["auc"] for r in arms[arm]]) - real  # paired by seed
                     half = 1.96 * diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-                    flat[f"{frac}/{arm}/auc_gain_mean"] = float(diff.mean())
+                    flat[key(frac, arm, "auc_gain_mean")] = float(diff.mean())
                     if math.isfinite(half):
-                        flat[f"{frac}/{arm}/auc_gain_ci95"] = float(half)
+                        flat[key(frac, arm, "auc_gain_ci95")] = float(half)
             if "synthetic" in arms:
                 syn = np.array([r["auc"] for r in arms["synthetic"]])
-                flat[f"{frac}/tstr_over_trtr"] = float(syn.mean() / real.mean())
+                flat[key(frac, "tstr_over_trtr")] = float(syn.mean() / real.mean())
     return flat
 
 
@@ -207,15 +205,15 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
     per_fraction, gans, trained = {}, {}, {}
     work = Path(work_dir) if work_dir else None
     for frac in fractions:
-        key = f"{frac:g}"
+        fkey = f"{frac:g}"
         idx = stratified_subset(train.labels, frac, seed=subset_seed)
         images, labels = train.images[idx], train.labels[idx]
         steps = cgan_steps(gan_steps, frac)
-        done = work / f"fraction_{key}.json" if work else None
+        done = work / f"fraction_{fkey}.json" if work else None
         rec = json.loads(done.read_text()) if done is not None and done.exists() else None
         gan, scored = None, False  # a saved cGAN of this config; scores made with it
-        if work is not None and (work / f"cgan_{key}.safetensors").exists():
-            saved, meta = load(work / f"cgan_{key}.safetensors", device)
+        if work is not None and (work / f"cgan_{fkey}.safetensors").exists():
+            saved, meta = load(work / f"cgan_{fkey}.safetensors", device)
             if saved.config == config and meta.get("steps") == steps:
                 gan = saved
                 scored = rec is not None and GANConfig(**rec.get("gan_config", saved.config.to_dict())) == config
@@ -224,8 +222,8 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
                 if scored or arm in GAN_FREE_ARMS}
         todo = [a for a in arms if not all(s in have.get(a, {}) for s in seeds)]
         if scored and not todo:
-            per_fraction[key] = {a: [have[a][s] for s in seeds] for a in arms}
-            gans[key], trained[key] = rec["gan"], gan
+            per_fraction[fkey] = {a: [have[a][s] for s in seeds] for a in arms}
+            gans[fkey], trained[fkey] = rec["gan"], gan
             log(f"[{train.name} {frac:.0%}] done earlier: {done}")
             continue
         if gan is None:
@@ -233,27 +231,27 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
             gan, hist = train_cgan(images, labels, config, steps, seed=subset_seed, device=device)
             gan_s = time.perf_counter() - t0
             log(f"[{train.name} {frac:.0%}] cGAN on {len(idx)} images: {steps} steps, {gan_s:.0f} s")
-            gans[key] = {"n_real": int(len(idx)), "steps": steps, "train_seconds": round(gan_s, 1),
+            gans[fkey] = {"n_real": int(len(idx)), "steps": steps, "train_seconds": round(gan_s, 1),
                          "history": hist.records[-1:] if hist.records else []}
             if work is not None:
                 work.mkdir(parents=True, exist_ok=True)
-                export(gan, work / f"cgan_{key}.safetensors", hist, dataset=train.name,
+                export(gan, work / f"cgan_{fkey}.safetensors", hist, dataset=train.name,
                            size=train.size, fraction=frac, n_real=int(len(idx)), steps=steps,
-                           subset_seed=subset_seed, train_seconds=gans[key]["train_seconds"])
+                           subset_seed=subset_seed, train_seconds=gans[fkey]["train_seconds"])
         elif scored:  # more seeds or arms asked of a generator scored before
-            gans[key] = rec["gan"]
+            gans[fkey] = rec["gan"]
         else:  # trained earlier, killed before its arms were scored
-            gans[key] = {"n_real": int(len(idx)), "steps": steps,
+            gans[fkey] = {"n_real": int(len(idx)), "steps": steps,
                          "train_seconds": meta.get("train_seconds"), "history": []}
         t0 = time.perf_counter()
         new = run_arms(images, labels, gan, val, test, seeds, todo, device, clf) if todo else {}
-        per_fraction[key] = {a: new[a] if a in new else [have[a][s] for s in seeds] for a in arms}
+        per_fraction[fkey] = {a: new[a] if a in new else [have[a][s] for s in seeds] for a in arms}
         log(f"[{train.name} {frac:.0%}] ran {', '.join(todo)} x {len(seeds)} seeds "
             f"({', '.join(a for a in arms if a not in todo) or 'nothing'} kept): "
             f"{time.perf_counter() - t0:.0f} s; "
-            + ", ".join(f"{a} {np.mean([r['auc'] for r in v]):.3f}" for a, v in per_fraction[key].items()))
-        trained[key] = gan
+            + ", ".join(f"{a} {np.mean([r['auc'] for r in v]):.3f}" for a, v in per_fraction[fkey].items()))
+        trained[fkey] = gan
         if work is not None:
-            write_json(done, {"arms": per_fraction[key], "gan": gans[key], "gan_config": config.to_dict()})
+            write_json(done, {"arms": per_fraction[fkey], "gan": gans[fkey], "gan_config": config.to_dict()})
     return {"per_fraction": per_fraction, "gans": gans, "summary": summarize_arms(per_fraction),
             "models": trained, "gan_config": config.to_dict()}

@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from .data import Arrays, TensorLoader, to_float
+from .data.augment import affine
 from .models.classifier import Classifier, ClassifierConfig
 from .train import FitConfig, fit
 from .utils import CHECKPOINT_DIR, RUNS_DIR
@@ -58,13 +59,7 @@ def augment_batch(x: torch.Tensor, rotate_deg: float = 10.0) -> torch.Tensor:
     b = x.shape[0]
     flip = torch.rand(b, device=x.device) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-    ang = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(rotate_deg)
-    cos, sin = ang.cos(), ang.sin()
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
-                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # Pad with the image's own border rather than black (-1 would paint artificial corners).
-    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    return affine(x, (torch.rand(b, device=x.device) * 2 - 1) * math.radians(rotate_deg))
 
 
 class ClassifierModel:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from medgan_utils.checkpoint import CheckpointError, load_checkpoint, read_metadata
 from medgan_utils.data import TensorLoader
 from medgan_utils.models import GAN, Classifier, ClassifierConfig, GANConfig
+from medgan_utils.models.parts import ImagePool
 from medgan_utils.train import DivergenceError, FitConfig, History, fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -331,6 +332,102 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     ha, hb = (History.from_json(tmp_path / r / "history.json") for r in "ab")
     assert [{k: v for k, v in r.items() if k != "wall_s"} for r in ha.records] == \
         [{k: v for k, v in r.items() if k != "wall_s"} for r in hb.records]
+
+
+# --- state beyond weights, optimizers and RNG -----------------------------------------------------
+
+
+class StepAccountant:
+    """Stands in for a privacy accountant: a history of (noise, sample rate) per step."""
+
+    def __init__(self):
+        self.history: list[tuple[float, float]] = []
+
+    def step(self, noise_multiplier: float, sample_rate: float) -> None:
+        self.history.append((noise_multiplier, sample_rate))
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [tuple(h) for h in state["history"]]
+
+
+class StatefulModel:
+    """A model with each kind of state fit must carry across a resume: a learning-rate schedule,
+    an image history pool (whose content feeds the loss) and an accountant."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-2)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=2, gamma=0.5)
+        self.pool = ImagePool(size=6, seed=3)
+        self.accountant = StepAccountant()
+
+    def train_step(self, batches):
+        x, _ = next(batches)
+        fakes = self.pool.query(x + 0.1 * torch.randn_like(x))
+        loss = ((self.net(fakes) - x) ** 2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.accountant.step(1.1, x.shape[0] / 48)
+        return {"loss": loss.item()}
+
+    def modules(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"net": self.opt}
+
+    def state_dict(self):
+        return {"sched": self.sched.state_dict(), "pool": self.pool.state_dict(),
+                "accountant": self.accountant.state_dict()}
+
+    def load_state_dict(self, state):
+        self.sched.load_state_dict(state["sched"])
+        self.pool.load_state_dict(state["pool"])
+        self.accountant.load_state_dict(state["accountant"])
+
+
+def test_resume_restores_schedulers_pools_and_accountants_bitwise(tmp_path):
+    cfg = dict(log_every=1, ckpt_every=0)
+    whole = StatefulModel()
+    fit(whole, tiny_loader(), FitConfig(steps=8, **cfg), out_dir=tmp_path / "a", progress=False)
+
+    fit(StatefulModel(), tiny_loader(), FitConfig(steps=5, **cfg), out_dir=tmp_path / "b", progress=False)
+    torch.manual_seed(999)
+    resumed = StatefulModel()
+    fit(resumed, tiny_loader(), FitConfig(steps=8, **cfg), out_dir=tmp_path / "b", progress=False)
+
+    assert torch.equal(whole.net.weight, resumed.net.weight)
+    assert resumed.sched.last_epoch == 8 and resumed.opt.param_groups[0]["lr"] == whole.opt.param_groups[0]["lr"]
+    assert len(resumed.pool.images) == 6
+    assert all(torch.equal(a, b) for a, b in zip(whole.pool.images, resumed.pool.images, strict=True))
+    assert resumed.accountant.history == whole.accountant.history and len(whole.accountant.history) == 8
+
+
+def test_classifier_schedule_survives_resume(tmp_path):
+    from medgan_utils.classify import ClassifierModel, ClassifierTrainConfig
+
+    def model():
+        torch.manual_seed(0)
+        net = Classifier(ClassifierConfig(channels=1, num_classes=2, width=4, stages=1))
+        return ClassifierModel(net, ClassifierTrainConfig(), steps=6)
+
+    whole = model()
+    fit(whole, tiny_loader(), FitConfig(steps=6, log_every=1, ckpt_every=0), out_dir=tmp_path / "a",
+        progress=False)
+    fit(model(), tiny_loader(), FitConfig(steps=3, log_every=1, ckpt_every=0), out_dir=tmp_path / "b",
+        progress=False)
+    resumed = model()
+    fit(resumed, tiny_loader(), FitConfig(steps=6, log_every=1, ckpt_every=0), out_dir=tmp_path / "b",
+        progress=False)
+    assert resumed.sched.last_epoch == 6
+    assert all(torch.equal(a, b) for a, b in zip(whole.net.state_dict().values(),
+                                                 resumed.net.state_dict().values(), strict=True))
 
 
 # --- NaN guard ----------------------------------------------------------------------------------
