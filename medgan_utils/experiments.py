@@ -19,6 +19,7 @@ from .data import Arrays
 from .metrics import class_coverage, evaluate, extract_features, frechet_distance
 from .models.gan import GANConfig
 from .pretrained import train_model
+from .results import key, run_key, split_run_key
 from .train import FitConfig
 
 
@@ -63,7 +64,7 @@ def train_and_score(
 
 def stability_configs(base: dict, lrs: Sequence[float]) -> list[tuple[str, GANConfig]]:
     """Chapter 03's stability grid: DCGAN and WGAN-GP at each learning rate (G and D alike)."""
-    return [(f"{p}/lr{lr:g}", GANConfig.preset(p, lr_g=lr, lr_d=lr, **base))
+    return [(key(p, f"lr{lr:g}"), GANConfig.preset(p, **{"lr_g": lr, "lr_d": lr, **base}))
             for p in ("dcgan", "wgan-gp") for lr in lrs]
 
 
@@ -105,12 +106,12 @@ def grid(configs: Iterable[tuple[str, GANConfig]], seeds: Sequence[int], **kwarg
     results = {}
     for name, cfg in configs:
         for seed in seeds:
-            key = f"{name}/seed{seed}"
-            print(f"-- {key}", flush=True)
-            results[key] = train_and_score(cfg, seed=seed, **kwargs)
-            m = results[key].get("metrics", {})
-            print(f"   {results[key]['stopped']} after {results[key]['steps']} steps, "
-                  f"{results[key]['wall_s']} s, fd_ratio={m.get('fd_ratio', float('nan')):.2f}",
+            rk = run_key(name, seed)
+            print(f"-- {rk}", flush=True)
+            results[rk] = train_and_score(cfg, seed=seed, **kwargs)
+            m = results[rk].get("metrics", {})
+            print(f"   {results[rk]['stopped']} after {results[rk]['steps']} steps, "
+                  f"{results[rk]['wall_s']} s, fd_ratio={m.get('fd_ratio', float('nan')):.2f}",
                   flush=True)
     return results
 
@@ -118,8 +119,8 @@ def grid(configs: Iterable[tuple[str, GANConfig]], seeds: Sequence[int], **kwarg
 def summarize(results: dict[str, dict], keys=("fd_ratio", "recall", "coverage", "precision")) -> dict:
     """Mean and std over seeds of each metric, per configuration name."""
     by_name: dict[str, list[dict]] = {}
-    for key, res in results.items():
-        by_name.setdefault(key.rsplit("/seed", 1)[0], []).append(res)
+    for rk, res in results.items():
+        by_name.setdefault(split_run_key(rk)[0], []).append(res)
     out = {}
     for name, runs in by_name.items():
         row = {"diverged": sum(r["stopped"] == "diverged" for r in runs), "runs": len(runs)}

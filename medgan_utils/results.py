@@ -48,9 +48,34 @@ def title_key(title: str) -> str:
     return title.split(" (")[0].replace(", ", "/").replace(" ", "_")
 
 
+def run_key(name: str, seed: int) -> str:
+    """A grid run's key: ``run_key("dcgan/lr0.001", 1) == "dcgan/lr0.001/seed1"``."""
+    return f"{name}/seed{seed}"
+
+
+def split_run_key(run: str) -> tuple[str, int]:
+    """``"dcgan/lr0.001/seed1"`` -> ``("dcgan/lr0.001", 1)``."""
+    name, seed = run.rsplit("/seed", 1)
+    return name, int(seed)
+
+
 def groups(metrics: Mapping[str, Any]) -> list[str]:
     """The distinct names before each key's last part (the rows of a grid's table)."""
     return sorted({k.rsplit("/", 1)[0] for k in metrics if "/" in k})
+
+
+def heads(metrics: Mapping[str, Any], ending: str) -> list[str]:
+    """The first parts of the keys that end in ``/ending``, in numeric order where numeric:
+    ``heads(m, "real/auc_mean") == ["0.05", "0.1", "0.25", "1"]`` for chapter 04's study."""
+    found = {k.split("/", 1)[0] for k in metrics if k.endswith("/" + ending)}
+
+    def order(h: str):
+        try:
+            return (0, float(h), h)
+        except ValueError:
+            return (1, 0.0, h)
+
+    return sorted(found, key=order)
 
 
 def under(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
