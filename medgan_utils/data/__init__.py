@@ -42,8 +42,22 @@ __all__ = [
     # degrade.py
     "apply_mask", "box_mask", "downsample", "gaussian_noise", "poisson_noise", "rician_noise",
     "stroke_mask", "upsample",
+    # fetch.py
+    "FetchError", "fetch_datasets", "fetch_medmnist_file", "find_dataset",
     # folder.py
     "ImageFolder", "ImageReadError", "load_image_folder",
     # paired.py
     "PairedLoader", "UnpairedLoader", "make_sr_pairs",
 ]
+
+# fetch.py also runs as a script (python -m medgan_utils.data.fetch): imported on first use, so
+# that running it does not find it already imported (runpy's RuntimeWarning).
+_FETCH = ("FetchError", "fetch_datasets", "fetch_medmnist_file", "find_dataset")
+
+
+def __getattr__(name: str):
+    if name in _FETCH:
+        from . import fetch
+
+        return getattr(fetch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

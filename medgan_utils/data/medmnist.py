@@ -104,6 +104,9 @@ def find_medmnist(name: str, size: int = 28, root: str | os.PathLike | None = No
                   download: bool = False, verify: bool = True) -> Path:
     """Path of a verified MedMNIST file, searching the roots in order (see :func:`search_roots`).
 
+    With ``download=True`` a file found nowhere is downloaded (md5-verified, atomically; see
+    :func:`~medgan_utils.data.fetch.fetch_medmnist_file`) into ``root``, else ``data/medmnist/``.
+
     Raises:
         ValueError: unknown name or size (the message lists the valid ones).
         DataNotFoundError: in no searched folder; the message lists them and how to get the file.
@@ -119,22 +122,29 @@ def find_medmnist(name: str, size: int = 28, root: str | os.PathLike | None = No
             if verify:
                 verify_file(candidate, name, size)
             return candidate
+    reason = ""
     if download:
-        target = roots[0]
-        target.mkdir(parents=True, exist_ok=True)
-        cls = _dataset_class(name)
-        cls(split="train", size=size, root=str(target), download=True)
-        return find_medmnist(name, size, target, download=False, verify=verify)
+        from .fetch import FetchError, fetch_medmnist_file  # fetch imports this module
+
+        # Never into $MEDMNIST_ROOT, which may be a read-only shared copy.
+        target = Path(root) if root is not None else REPO_ROOT / "data" / "medmnist"
+        try:
+            fetch_medmnist_file(name, size, target)
+        except FetchError as err:
+            reason = f"The download failed: {err}\n"
+        else:
+            return find_medmnist(name, size, target, download=False, verify=verify)
     searched = "\n".join(f"  - {r / fname}" for r in roots)
     url = dataset_info(name).get("url" if size == 28 else f"url_{size}", "?")
     raise DataNotFoundError(
-        f"MedMNIST file {fname} not found. Searched:\n{searched}\n"
+        f"MedMNIST file {fname} not found. Searched:\n{searched}\n{reason}"
         f"Fix one of these ways:\n"
         f"  * point MEDMNIST_ROOT at a folder that holds {fname} "
         f"(e.g. export MEDMNIST_ROOT=../shared/data/medmnist), or copy it into data/medmnist/;\n"
         f"  * when online, download it: medgan download {name} --size {size}\n"
         f"    (or python -c \"import medmnist; medmnist.{_info()[name]['python_class']}"
         f"(split='train', size={size}, root='data/medmnist', download=True)\");\n"
+        f"  * the course's files (and its other data sets) at once: make data;\n"
         f"  * or fetch {url} by hand into data/medmnist/."
     )
 
