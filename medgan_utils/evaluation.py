@@ -1,0 +1,638 @@
+"""Judging a generator against held-out images *of its own training distribution*, in two spaces.
+
+:func:`medgan_utils.metrics.evaluate` scores fakes and its floor against the test split. On
+PneumoniaMNIST the test split is shifted away from train/val (FD val vs test ~2.9 in the
+classifier's features), and that shift swamps the generators' differences: the DCGAN and the
+WGAN-GP both score FD/floor ~0.55 there, although their sample grids are not equal (issue #8).
+This module scores them where the ranking is visible:
+
+* **Reference** (:func:`reference_split`): the validation split when it has >= 500 images
+  (PneumoniaMNIST: 524); otherwise a seeded, class-stratified half of the training split
+  (BreastMNIST: validation has 78 images, too few for a stable FD of 64-128-d features). The
+  **floor** is the rest of the training split (:func:`training_part`) against that reference at
+  equal n. Distance to the test split stays available as ``test_shift_fd`` / ``floor_test_fd``
+  (the split's shift), never the headline. Every result says which reference it used.
+* **Two feature spaces**: ``"classifier"`` (the shipped ResNet extractor, penultimate features)
+  and ``"autoencoder"`` (the bottleneck of a small autoencoder trained without labels on the
+  training split, :mod:`medgan_utils.models.autoencoder`), so no single network's blind spot
+  decides.
+* **Feature cache**: real-set features are cached per (feature space, checkpoint bytes' hash,
+  data set, split, size) in memory and under ``runs/feature_cache/`` (safetensors, atomic
+  writes; git-ignored), and the floor per n; scoring 2,000 fakes then costs two forward passes
+  and the metrics (``benchmarks/eval_speed.py``).
+* :func:`calibration_battery`: known-worse sets (noise, blur, down-then-up sampling, intensity
+  shift, one class only) must score above the floor and monotonically in their severity, exact
+  copies of training images must be caught. ``tests/test_evaluation.py`` asserts it.
+
+Honest caveat for BreastMNIST: the shipped BreastMNIST generators (and the classifier extractor)
+were trained on *all* of the training split, so its held-out half is not unseen by them. We keep
+it anyway, as the least bad option: its distribution is the generator's own (the validation split
+is the same distribution but, at 78 images, its FD is dominated by small-n bias; the test split is
+the same size problem twice over), and the floor (the other half) was seen by the generator and the
+extractor just as much, so fakes and floor are compared on equal terms. What it cannot show is a
+generator that copies: memorization is therefore always measured against the validation split,
+the only real images no generator saw (``frac_closer_to_train``, ``copy_frac``). A generator
+trained for this protocol on :func:`training_part` only would make the reference truly unseen.
+
+Introduced for ``notebooks/03_wgan_gp.ipynb`` (issue #8, section 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .data import TensorLoader, downsample, gaussian_noise, load_arrays, stratified_subset, upsample
+from .metrics import copy_fraction, extract_features, frechet_distance, kid, memorization, prdc
+from .models.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderModel
+from .train import FitConfig, fit
+from .utils import CHECKPOINT_DIR, RUNS_DIR
+
+__all__ = [
+    "SPACES", "autoencoder_path", "calibration_battery", "clear_cache", "feature_space",
+    "load_autoencoder", "real_features", "reference_split", "reference_table", "score_generator",
+    "train_autoencoder", "training_part",
+]
+
+SPACES = ("classifier", "autoencoder")
+FEATURE_CACHE_DIR = RUNS_DIR / "feature_cache"
+# A validation split smaller than this gives FDs dominated by small-n bias (BreastMNIST: 78).
+MIN_VAL_REFERENCE = 500
+# Share of the training split held out as the reference when validation is too small.
+HELDOUT_FRACTION = 0.5
+HELDOUT_SEED = 0
+
+# ----------------------------------------------------------------------------------------------
+# The label-free feature space: train, ship, load
+# ----------------------------------------------------------------------------------------------
+
+
+def autoencoder_path(dataset: str, size: int = 28, root: str | os.PathLike | None = None) -> Path:
+    """Where the shipped autoencoder for ``dataset`` at ``size`` px lives."""
+    return Path(root or CHECKPOINT_DIR) / f"autoencoder_{dataset}_{size}.safetensors"
+
+
+@torch.no_grad()
+def _recon_mse(net: Autoencoder, x: torch.Tensor, batch_size: int = 512) -> float:
+    net.eval()
+    total = sum(float(net.reconstruction_loss(x[i:i + batch_size])) * len(x[i:i + batch_size])
+                for i in range(0, len(x), batch_size))
+    return total / len(x)
+
+
+def train_autoencoder(
+    dataset: str,
+    size: int = 28,
+    *,
+    steps: int = 3000,
+    batch_size: int = 128,
+    seed: int = 0,
+    config: AutoencoderConfig | None = None,
+    path: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Train the label-free feature space on the whole training split through ``fit``; save it.
+
+    All of the training split, like the classifier extractor, so that the floor's images and (for
+    BreastMNIST) the held-out reference half are equally familiar to both feature networks.
+    The validation split only measures reconstruction error (stored in the header).
+
+    Args:
+        dataset: MedMNIST flag, e.g. ``"pneumoniamnist"``.
+        size: image side in px.
+        steps: AdamW updates (batches of ``batch_size``).
+        seed: weight init and batch order.
+        config: network and optimiser settings (defaults for the data set's channels/size).
+        path: where to save (default :func:`autoencoder_path`).
+        device: training device.
+        progress: show fit's progress bar.
+
+    Returns:
+        ``(path, facts)``: the checkpoint and what its header records (``val_mse``,
+        ``train_mse``, ``train_seconds``...).
+    """
+    tr, va = load_arrays(dataset, "train", size), load_arrays(dataset, "val", size)
+    torch.manual_seed(seed)
+    net = Autoencoder(config or AutoencoderConfig(channels=tr.n_channels, image_size=size))
+    model = AutoencoderModel(net, device)
+    loader = TensorLoader(tr.images, None, batch_size, device, seed=seed)
+    t0 = time.perf_counter()
+    hist = fit(model, loader, FitConfig(steps=steps, log_every=max(1, steps // 20), ckpt_every=0,
+                                        resume=False), progress=progress)
+    seconds = time.perf_counter() - t0
+    net.cpu()
+    train_x, val_x = tr.tensors(), va.tensors()
+    net.set_feature_stats(train_x)
+    net.eval()
+    facts = {
+        "dataset": dataset, "size": size, "trained_on": f"train split, all {len(tr)} images",
+        "steps": steps, "batch_size": batch_size, "seed": seed,
+        "train_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+        "train_mse": _recon_mse(net, train_x), "val_mse": _recon_mse(net, val_x),
+        "final_loss": hist.records[-1]["loss"] if hist.records else float("nan"),
+    }
+    out = save_checkpoint(path or autoencoder_path(dataset, size), {"net": net},
+                          metadata={"autoencoder": net.config.to_dict(), **facts})
+    return out, facts
+
+
+def load_autoencoder(dataset: str, size: int = 28, device: torch.device | str = "cpu",
+                     root: str | os.PathLike | None = None) -> Autoencoder:
+    """The shipped autoencoder feature space (offline: reads ``checkpoints/``, downloads nothing).
+
+    Raises:
+        FileNotFoundError: none shipped for ``dataset``/``size``; the message names the call
+            that trains one.
+    """
+    path = autoencoder_path(dataset, size, root)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no autoencoder for {dataset} at {size} px ({path}). Train one (a few CPU minutes) with:\n"
+            f"  python -c \"from medgan_utils.evaluation import train_autoencoder; "
+            f"train_autoencoder('{dataset}', {size})\"")
+    meta = read_metadata(path)
+    net = Autoencoder(AutoencoderConfig(**meta["autoencoder"]))
+    load_checkpoint(path, {"net": net})
+    return net.to(device).eval()
+
+
+def _checkpoint_of(space: str, dataset: str, size: int) -> Path:
+    from .classify import extractor_path
+
+    if space == "classifier":
+        return extractor_path(dataset, size)
+    if space == "autoencoder":
+        return autoencoder_path(dataset, size)
+    raise ValueError(f"unknown feature space {space!r}; use one of {SPACES}")
+
+
+@functools.lru_cache(maxsize=16)
+def _network(space: str, dataset: str, size: int, key: str) -> nn.Module:
+    # ``key`` (the checkpoint's hash) is part of the cache key so a retrained file is reloaded.
+    from .classify import load_extractor
+
+    net = load_extractor(dataset, size) if space == "classifier" else load_autoencoder(dataset, size)
+    # channels_last lets oneDNN pick its fast CPU convolutions: 2.5x faster for the ResNet
+    # extractor on 2 cores (4 s instead of 11 s for 2,000 images), same features up to rounding.
+    return net.eval().to(memory_format=torch.channels_last)
+
+
+def _features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Features (N, F) of images (N, C, H, W) in [-1, 1], fed channels_last like the network."""
+    return extract_features(net, images.contiguous(memory_format=torch.channels_last), 500)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_hash(path: str, mtime_ns: int, size_bytes: int) -> str:
+    # Keyed on (mtime, size) so the bytes are hashed once per version of the file (~10 ms).
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def feature_space(space: str, dataset: str, size: int = 28) -> tuple[nn.Module, str]:
+    """The network of a feature space and its identity (hash of its checkpoint's bytes).
+
+    Args:
+        space: ``"classifier"`` or ``"autoencoder"``.
+
+    Returns:
+        ``(network, key)``: a module with ``features(x) -> (B, F)`` in eval mode on the CPU, and
+        a 16-hex-digit key that changes whenever the checkpoint file does.
+    """
+    path = _checkpoint_of(space, dataset, size)
+    if not path.exists():  # let the loaders raise their explanatory errors
+        _network.__wrapped__(space, dataset, size, "")
+    st = path.stat()
+    key = _file_hash(str(path), st.st_mtime_ns, st.st_size)
+    return _network(space, dataset, size, key), key
+
+
+# ----------------------------------------------------------------------------------------------
+# Which real images: reference, the generator's training part, and their cached features
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    ref_split: str
+    ref_idx: np.ndarray | None  # rows of ref_split; None = all
+    train_idx: np.ndarray  # rows of "train" forming the generator's training part (the floor)
+    code: str
+    description: str
+
+
+@functools.lru_cache(maxsize=16)
+def _arrays(dataset: str, split: str, size: int):
+    return load_arrays(dataset, split, size)
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(dataset: str, size: int) -> _Plan:
+    n_val = len(_arrays(dataset, "val", size))
+    labels = _arrays(dataset, "train", size).labels
+    if n_val >= MIN_VAL_REFERENCE:
+        return _Plan("val", None, np.arange(len(labels)), "val",
+                     f"{dataset} validation split (n={n_val}); floor: training split")
+    held = stratified_subset(labels, HELDOUT_FRACTION, seed=HELDOUT_SEED)
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+    return _Plan("train", held, rest, f"train-heldout{HELDOUT_FRACTION:g}-seed{HELDOUT_SEED}",
+                 f"{dataset}: class-stratified {HELDOUT_FRACTION:.0%} of the training split "
+                 f"(seed {HELDOUT_SEED}, n={len(held)}; validation has only {n_val} images); "
+                 f"floor: the other {len(rest)} training images")
+
+
+def reference_split(dataset: str, size: int = 28) -> tuple[torch.Tensor, str]:
+    """The real images a generator of ``dataset`` is judged against, and a description.
+
+    The validation split when it has >= ``MIN_VAL_REFERENCE`` (500) images, else a seeded,
+    class-stratified ``HELDOUT_FRACTION`` of the training split (see the module docstring for
+    what that means for generators trained on all of train).
+
+    Returns:
+        ``(images, description)``: float (N, C, H, W) in [-1, 1] and a sentence saying which
+        images they are (print it beside every number).
+    """
+    p = _plan(dataset, size)
+    arr = _arrays(dataset, p.ref_split, size)
+    images = arr.images if p.ref_idx is None else arr.images[p.ref_idx]
+    return _to_float(images), p.description
+
+
+def training_part(dataset: str, size: int = 28) -> tuple[torch.Tensor, np.ndarray]:
+    """The training images that are *not* the reference: the floor's pool and the battery's source.
+
+    Returns:
+        ``(images, labels)``: float (N, C, H, W) in [-1, 1] and int64 (N,).
+    """
+    p = _plan(dataset, size)
+    arr = _arrays(dataset, "train", size)
+    return _to_float(arr.images[p.train_idx]), arr.labels[p.train_idx]
+
+
+def _to_float(images_u8: np.ndarray) -> torch.Tensor:
+    from .data import to_float
+
+    return to_float(torch.from_numpy(np.ascontiguousarray(images_u8)))
+
+
+_MEMORY: dict[tuple, Any] = {}
+
+
+def clear_cache(disk: bool = False) -> None:
+    """Forget cached features and floors (in memory; with ``disk`` also ``runs/feature_cache/``)."""
+    _MEMORY.clear()
+    if disk and FEATURE_CACHE_DIR.is_dir():
+        for f in FEATURE_CACHE_DIR.glob("*.safetensors"):
+            f.unlink()
+
+
+def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    # Another process (a notebook, a test worker) may read the same file: never show it half-written.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def real_features(space: str, dataset: str, split: str, size: int = 28) -> torch.Tensor:
+    """Features (N, F) of a whole real split, cached in memory and under ``runs/feature_cache/``.
+
+    The cache key holds the hash of the feature network's checkpoint bytes, so retraining the
+    extractor or the autoencoder invalidates it; a cache file that cannot be read is recomputed.
+
+    Args:
+        space: ``"classifier"`` or ``"autoencoder"``.
+        dataset: MedMNIST flag.
+        split: ``"train"``, ``"val"`` or ``"test"`` (all rows, in the file's order).
+        size: image side in px.
+    """
+    net, key = feature_space(space, dataset, size)
+    mem_key = ("feats", space, key, dataset, split, size)
+    if mem_key in _MEMORY:
+        return _MEMORY[mem_key]
+    path = FEATURE_CACHE_DIR / f"{space}_{dataset}_{size}_{split}_{key}.safetensors"
+    feats = None
+    if path.exists():
+        try:
+            feats = load_file(str(path))["features"]
+        except Exception:  # noqa: BLE001 - a corrupt cache is recomputed, never trusted
+            feats = None
+    if feats is None:
+        feats = _features(net, _to_float(_arrays(dataset, split, size).images))
+        _save_atomic(path, {"features": feats.contiguous()})
+    _MEMORY[mem_key] = feats
+    return feats
+
+
+def _sets(space: str, dataset: str, size: int) -> dict[str, torch.Tensor]:
+    """Features of the reference, training part, all of train, val and test."""
+    p = _plan(dataset, size)
+    ref = real_features(space, dataset, p.ref_split, size)
+    train = real_features(space, dataset, "train", size)
+    return {"ref": ref if p.ref_idx is None else ref[torch.from_numpy(p.ref_idx)],
+            "train_part": train[torch.from_numpy(p.train_idx)], "train": train,
+            "val": real_features(space, dataset, "val", size),
+            "test": real_features(space, dataset, "test", size)}
+
+
+def _subset_rows(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if n >= x.shape[0]:
+        return x
+    return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def _distribution(ref: torch.Tensor, x: torch.Tensor, seed: int, kid_subsets: int, k: int
+                  ) -> dict[str, float]:
+    out = {"fd": frechet_distance(x, ref)}
+    if kid_subsets:
+        out["kid_mean"], out["kid_std"] = kid(ref, x, subsets=kid_subsets, seed=seed)
+    out.update(prdc(ref, x, k=k))
+    return out
+
+
+# The floor is the mean over this many draws of the training part: one draw's FD moves by up to
+# ~2x between seeds on PneumoniaMNIST (the floor FD is small, so its noise is large relative to
+# it), which would make every fd_ratio inherit that draw's luck.
+FLOOR_DRAWS = 5
+
+
+def _floor(space: str, dataset: str, size: int, n: int, seed: int, kid_subsets: int, k: int
+           ) -> dict[str, float]:
+    """The floor at n: n images of the training part vs the reference, mean of ``FLOOR_DRAWS``
+    seeded draws (``fd_std`` their spread; 0 when n is the whole part). Cached: no fake enters."""
+    _, key = feature_space(space, dataset, size)
+    mem_key = ("floor", space, key, dataset, size, n, seed, kid_subsets, k)
+    if mem_key not in _MEMORY:
+        s = _sets(space, dataset, size)
+        draws = []
+        for i in range(FLOOR_DRAWS if n < s["train_part"].shape[0] else 1):
+            real = _subset_rows(s["train_part"], n, seed + i)
+            one = _distribution(s["ref"], real, seed, kid_subsets, k)
+            one["test_fd"] = frechet_distance(real, s["test"])
+            draws.append(one)
+        out = {key: float(np.mean([d[key] for d in draws])) for key in draws[0]}
+        out["fd_std"] = float(np.std([d["fd"] for d in draws], ddof=1)) if len(draws) > 1 else 0.0
+        _MEMORY[mem_key] = out
+    return _MEMORY[mem_key]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+
+
+def _score_features(space: str, dataset: str, size: int, fake: torch.Tensor, seed: int,
+                    kid_subsets: int, k: int, n_floor: int | None = None) -> dict[str, float]:
+    s = _sets(space, dataset, size)
+    # Equal n: FD is biased upwards at small n, so fakes and floor use the same number of images.
+    n = min(fake.shape[0], s["train_part"].shape[0], n_floor or fake.shape[0])
+    fake = _subset_rows(fake, n, seed)
+    out = _distribution(s["ref"], fake, seed, kid_subsets, k)
+    floor = _floor(space, dataset, size, n, seed, kid_subsets, k)
+    out.update({f"floor_{key}": v for key, v in floor.items() if key != "test_fd"})
+    out["fd_ratio"] = out["fd"] / out["floor_fd"] if out["floor_fd"] > 0 else float("inf")
+    # The test split's shift: a labelled second number, never the headline.
+    out["test_shift_fd"] = frechet_distance(fake, s["test"])
+    out["floor_test_fd"] = floor["test_fd"]
+    # Memorization against the validation split: the only real images no generator saw.
+    out.update(memorization(s["train"], s["val"], fake, seed=seed))
+    out.update(copy_fraction(s["train"], s["val"], fake))
+    out["n"] = float(n)
+    return out
+
+
+def score_generator(
+    fake_images: torch.Tensor,
+    dataset: str,
+    size: int = 28,
+    *,
+    spaces: Sequence[str] = SPACES,
+    n: int | None = None,
+    seed: int = 0,
+    kid_subsets: int = 10,
+    k: int = 5,
+) -> dict[str, Any]:
+    """Score generated images against held-out images of their training distribution.
+
+    For each feature space: FD, KID, precision/recall/density/coverage against the reference
+    (:func:`reference_split`), the floor (as many training-part images vs the same reference)
+    and ``fd_ratio = fd / floor_fd`` (about 1: as good as real data); ``test_shift_fd`` and
+    ``floor_test_fd`` (fakes and floor vs the test split: the split's shift, a second number);
+    memorization against the validation split (``frac_closer_to_train``, ``nn_ratio``,
+    ``copy_frac``). Real features and the floor come from the cache, so after the first call
+    the cost is one forward pass per space plus the metrics (< 5 s for 2,000 fakes on 2 CPU
+    cores: ``benchmarks/eval_speed.py``).
+
+    Args:
+        fake_images: generated images (M, C, H, W) in [-1, 1].
+        dataset: the MedMNIST flag the generator was trained on.
+        size: image side in px.
+        spaces: feature spaces, any of ``("classifier", "autoencoder")``.
+        n: use at most this many images (fakes and floor alike); default all fakes, capped at
+            the training part's size (BreastMNIST: 272) so that the floor has equal n.
+        seed: seeds subsets, KID draws and memorization subsampling.
+        kid_subsets: KID subsets (0: skip KID). KID is unbiased, so fewer subsets only widen
+            ``kid_std``. 10 subsets of (reference size / 2) images: KID was half of the
+            metrics' time with 20 on a loaded 2-core machine.
+        k: neighbourhood size of precision/recall/density/coverage.
+
+    Returns:
+        A flat dict: ``"<space>_<metric>"`` floats for each space (metrics: ``fd, kid_mean,
+        kid_std, precision, recall, density, coverage, floor_fd, floor_kid_mean, ...,
+        fd_ratio, test_shift_fd, floor_test_fd, nn_train_median, nn_heldout_median, nn_ratio,
+        frac_closer_to_train, copy_frac, copy_threshold, n``), plus ``reference`` (what the
+        images were judged against, a sentence), ``reference_code`` and ``n_fakes``.
+    """
+    if fake_images.ndim != 4:
+        raise ValueError(f"fake_images must be (M, C, H, W) in [-1, 1], got {tuple(fake_images.shape)}")
+    fake_images = fake_images.detach().float().cpu()
+    if n is not None:
+        fake_images = fake_images[:n]
+    p = _plan(dataset, size)
+    out: dict[str, Any] = {"reference": p.description, "reference_code": p.ref_split if p.ref_idx is None
+                           else p.code, "n_fakes": int(fake_images.shape[0])}
+    for space in spaces:
+        net, _ = feature_space(space, dataset, size)
+        feats = _features(net, fake_images)
+        for key, v in _score_features(space, dataset, size, feats, seed, kid_subsets, k, n).items():
+            out[f"{space}_{key}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration: known-worse sets must score worse, in order
+# ----------------------------------------------------------------------------------------------
+
+# (name, family, severity rank, degradation of (B, C, H, W) images in [-1, 1]).
+NOISE_SIGMAS = (0.1, 0.3)
+BLUR_SIGMAS = (0.6, 1.2)
+DOWNUP_FACTORS = (2, 4)
+SHIFTS = (0.1, 0.3)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from torchvision.transforms.functional import gaussian_blur
+
+    k = 2 * int(np.ceil(3 * sigma)) + 1
+    return gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def _degradations(seed: int) -> list[tuple[str, str, Any]]:
+    out: list[tuple[str, str, Any]] = []
+    for s in NOISE_SIGMAS:
+        out.append((f"noise_{s:g}", "noise", lambda x, s=s: gaussian_noise(x, s, seed=seed)))
+    for s in BLUR_SIGMAS:
+        out.append((f"blur_{s:g}", "blur", lambda x, s=s: _blur(x, s)))
+    for f in DOWNUP_FACTORS:
+        out.append((f"downup_{f}", "downup", lambda x, f=f: upsample(downsample(x, f), f)))
+    for s in SHIFTS:
+        out.append((f"shift_{s:g}", "shift", lambda x, s=s: (x + 2 * s).clamp(-1, 1)))
+    return out
+
+
+def calibration_battery(
+    dataset: str,
+    size: int = 28,
+    space: str = "classifier",
+    n: int = 1000,
+    seed: int = 0,
+    *,
+    kid_subsets: int = 0,
+    k: int = 5,
+) -> dict[str, dict[str, float]]:
+    """Score real and known-worse image sets the way :func:`score_generator` scores fakes.
+
+    Sets, each made from ``n`` seeded images of the generator's training part
+    (:func:`training_part`):
+
+    * ``floor``: the images themselves (fd_ratio 1 by construction of the floor; its spread
+      comes from ``floor_seed1``, another draw scored against the floor of the first);
+    * ``noise_<sigma>`` (Gaussian, sigma 0.1 and 0.3 in [-1, 1] units), ``blur_<sigma>``
+      (Gaussian blur, sigma 0.6 and 1.2 px), ``downup_<f>`` (bicubic down then up by 2 and 4),
+      ``shift_<s>`` (brightness + s of the full range, 0.1 and 0.3, clamped);
+    * ``one_class``: images of the majority class only (the minority mode dropped);
+    * ``copies``: exact copies of training images: caught when ``copy_frac`` is near 1
+      (``frac_closer_to_train`` is reported too, but :func:`~medgan_utils.metrics.memorization`
+      subsamples train to the validation split's size, so most copied images are not in its
+      comparison set and it reads ~0.55 for copies; ``copy_frac`` uses all of train).
+
+    Args:
+        dataset: MedMNIST flag.
+        size: image side in px.
+        space: ``"classifier"`` or ``"autoencoder"``.
+        n: images per set (capped at the training part's size). 1000 keeps the floor's own
+            spread at a few percent in both spaces.
+        seed: which images, the noise, KID draws.
+        kid_subsets: also KID (0: skip; FD's ratio is what is asserted).
+        k: neighbourhood size of precision/recall/density/coverage.
+
+    Returns:
+        set name -> the keys of :func:`score_generator` for one space, unprefixed (``fd``,
+        ``fd_ratio``, ``precision``, ``recall``, ..., ``frac_closer_to_train``, ``copy_frac``).
+    """
+    net, _ = feature_space(space, dataset, size)
+    images, labels = training_part(dataset, size)
+    m = min(n, len(images))
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(images), generator=g)[:m]
+    base = images[pick]
+    # Another draw of the same size (overlapping when the part is small): the floor's spread.
+    other = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 1))[:m]]
+    sets: dict[str, torch.Tensor] = {"floor_seed1": other}
+    for name, _family, fn in _degradations(seed):
+        sets[name] = fn(base)
+    majority = int(np.bincount(labels).argmax())
+    one = torch.from_numpy(np.flatnonzero(labels == majority))
+    sets["one_class"] = images[one[torch.randperm(len(one), generator=g)[:m]]]
+    sets["copies"] = base
+    # The floor is exactly ``base``'s features when the fakes are the same images and the seeds
+    # agree: score with the floor of seed ``seed`` so that "floor" reads 1.0 and the others are
+    # directly comparable with it.
+    out = {}
+    train_feats = _subset_rows(_sets(space, dataset, size)["train_part"], m, seed)
+    out["floor"] = _score_features(space, dataset, size, train_feats, seed, kid_subsets, k)
+    for name, x in sets.items():
+        feats = _features(net, x)
+        out[name] = _score_features(space, dataset, size, feats, seed, kid_subsets, k, len(x))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue #8's table, by the package's own code
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_shipped(name: str, n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """``n`` images (n, C, H, W) in [-1, 1] from ``checkpoints/<name>.safetensors`` (fixed seed)."""
+    from .pretrained import load
+
+    model, _ = load(CHECKPOINT_DIR / f"{name}.safetensors")
+    with torch.no_grad():
+        return model.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()
+
+
+def reference_table(
+    dataset: str = "pneumoniamnist",
+    size: int = 28,
+    generators: Sequence[str] = ("gan", "dcgan", "wgan-gp"),
+    n: int = 2000,
+    seed: int = 0,
+    spaces: Sequence[str] = SPACES,
+) -> list[dict[str, Any]]:
+    """FD of the floor and of shipped generators against three references (issue #8's table).
+
+    References: the test split (what :func:`medgan_utils.metrics.evaluate` uses; floor = n
+    training images vs test), the validation split (floor = n training images vs val) and the
+    other half of train (train split in two seeded, class-stratified halves; floor = n images of
+    the first half vs n images of the second). Fakes: ``n`` samples of each generator
+    (``checkpoints/<generator>_<dataset>_<size>.safetensors``) with seed ``seed``.
+
+    Returns:
+        One row per (space, reference): ``space``, ``reference``, ``n``, ``floor`` and one FD
+        per generator (keys are the generator names).
+    """
+    fakes = {g: sample_shipped(f"{g}_{dataset}_{size}", n, seed) for g in generators}
+    labels = _arrays(dataset, "train", size).labels
+    half = torch.from_numpy(stratified_subset(labels, 0.5, seed=seed))
+    other = torch.from_numpy(np.setdiff1d(np.arange(len(labels)), half.numpy()))
+    rows = []
+    for space in spaces:
+        net, _ = feature_space(space, dataset, size)
+        train = real_features(space, dataset, "train", size)
+        fake_f = {g: _features(net, x) for g, x in fakes.items()}
+        refs = {
+            f"test split (n={len(_arrays(dataset, 'test', size))})":
+                (real_features(space, dataset, "test", size), _subset_rows(train, n, seed)),
+            f"validation split (n={len(_arrays(dataset, 'val', size))})":
+                (real_features(space, dataset, "val", size), _subset_rows(train, n, seed)),
+            f"other half of train (n={min(n, len(other))})":
+                (_subset_rows(train[other], n, seed + 1), _subset_rows(train[half], n, seed)),
+        }
+        for ref_name, (ref, floor_set) in refs.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                row = {"space": space, "reference": ref_name, "n": n,
+                       "floor": frechet_distance(floor_set, ref)}
+                row.update({g: frechet_distance(f, ref) for g, f in fake_f.items()})
+            rows.append(row)
+    return rows
