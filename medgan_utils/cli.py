@@ -142,6 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write executed copies to runs/notebooks/ instead of over the originals")
     r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter (value parsed as JSON when possible)")
+    r.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of the kernels: 1, as `medgan reproduce` runs them, so the "
+                        "committed numbers reproduce (GAN training rounds differently on another "
+                        "thread count); 0 keeps the environment's (default: %(default)s)")
+
+    rp = sub.add_parser("reproduce", help="re-execute notebooks into runs/reproduce/ and compare their "
+                        "numbers with the committed results (non-zero exit on a regression)",
+                        description="Execute notebooks with papermill into a scratch folder (never over "
+                                    "notebooks/ or results/), compare every metric with its reference "
+                                    "(results/<notebook>.json; results/quick/ with --quick) under the "
+                                    "tolerances of medgan_utils.reproduce.TOLERANCES, print the table and "
+                                    "write it to OUT/report.json. Exit code 1 on any regression.")
+    rp.add_argument("names", nargs="*", help="notebook file names or prefixes, e.g. 02 (default: all)")
+    rp.add_argument("--quick", action="store_true", help="quick runs, against results/quick/ (what CI runs)")
+    rp.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a parameter (value parsed as JSON when possible); the reference "
+                         "must have been made with it")
+    rp.add_argument("--out", type=Path, default=None, help="scratch folder (default: runs/reproduce/<time>)")
+    rp.add_argument("--references", type=Path, default=None,
+                    help="folder of reference results files (default: results/, or results/quick/)")
+    rp.add_argument("--threads", type=int, default=1,
+                    help="OMP_NUM_THREADS of the kernels, as the references were made (training "
+                         "on another thread count rounds differently; 0: keep the environment's) "
+                         "(default: %(default)s)")
+    rp.add_argument("--update-quick-references", action="store_true",
+                    help="with --quick: copy this run's results files to results/quick/ (when a "
+                         "notebook's quick numbers change on purpose)")
 
     ex = sub.add_parser("experiment", help="the grids behind chapter 03 (writes results/03_*.json)")
     ex.add_argument("which", choices=["stability", "small-data", "augmentation"],
@@ -358,36 +385,32 @@ def cmd_download(ns) -> int:
 
 
 def cmd_run_notebooks(ns) -> int:
-    import papermill as pm
+    import os
 
+    from .reproduce import execute, kernel_environment, parse_params, select_notebooks
     from .utils import REPO_ROOT
 
-    nb_dir = REPO_ROOT / "notebooks"
-    paths = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
-    if ns.names:
-        paths = [p for p in paths if any(p.name.startswith(n) for n in ns.names)]
-        if not paths:
-            raise SystemExit(f"no notebook matches {ns.names} in {nb_dir}")
-    params = {"quick": True} if ns.quick else {}
-    for item in ns.param:
-        key, _, value = item.partition("=")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    out_dir = REPO_ROOT / "runs" / "notebooks"
+    params = {**({"quick": True} if ns.quick else {}), **parse_params(ns.param)}
+    results = os.environ.get("MEDGAN_RESULTS_DIR")  # make course sends them to runs/course/
+    env = kernel_environment(Path(results) if results else None, ns.quick, ns.threads)
     timings = {}
-    for path in paths:
-        target = path if ns.inplace else out_dir / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
+    for path in select_notebooks(ns.names):
+        target = path if ns.inplace else REPO_ROOT / "runs" / "notebooks" / path.name
         t0 = time.perf_counter()
         print(f"== {path.name} {params or '(default parameters)'}", flush=True)
-        pm.execute_notebook(str(path), str(target), parameters=params, cwd=str(nb_dir),
-                            kernel_name="python3", progress_bar=False, log_output=False)
+        execute(path, target, params, env)
         timings[path.name] = round(time.perf_counter() - t0, 1)
         print(f"   done in {timings[path.name]} s", flush=True)
     print(json.dumps(timings, indent=1))
     return 0
+
+
+def cmd_reproduce(ns) -> int:
+    from .reproduce import parse_params, reproduce
+
+    return reproduce(ns.names, quick=ns.quick, params=parse_params(ns.param), out_dir=ns.out,
+                     references=ns.references, threads=ns.threads,
+                     update_quick_references=ns.update_quick_references)
 
 
 def cmd_experiment(ns) -> int:
@@ -460,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "apply": cmd_apply,
                "train-extractor": cmd_train_extractor, "download": cmd_download,
-               "run-notebooks": cmd_run_notebooks, "experiment": cmd_experiment,
+               "run-notebooks": cmd_run_notebooks, "reproduce": cmd_reproduce, "experiment": cmd_experiment,
                "train-cgan": cmd_train_cgan}[ns.command]
     return handler(ns)
 

@@ -190,3 +190,49 @@ def test_recipe_and_net_are_shared_by_every_arm():
     assert r.seed == 3 and r.augment and r.patience > 0
     assert replace(r, seed=0) == aug.downstream_recipe()
     assert aug.downstream_net(1, 2).num_classes == 2
+
+
+def _scores(study: dict) -> dict:
+    """Every number of a study except the wall-clock ones."""
+    return {"summary": study["summary"],
+            "per_fraction": {f: {a: [{k: v for k, v in r.items() if k != "train_seconds"} for r in runs]
+                                 for a, runs in arms.items()} for f, arms in study["per_fraction"].items()},
+            "gans": {f: {**{k: v for k, v in g.items() if k not in ("train_seconds", "history")},
+                         "history": [{k: v for k, v in r.items() if k != "wall_s"} for r in g["history"]]}
+                     for f, g in study["gans"].items()}}
+
+
+def test_a_small_study_repeats_exactly_in_one_process(breast):
+    # Same seed twice, with unrelated work between that draws from every global RNG: every
+    # number (cGAN losses, AUC, ACC, best epochs, gains) is the same bit for bit.
+    train, val, test = breast
+    small = dict(train=train, val=val, test=test, fractions=[0.1], seeds=[0, 1], gan_steps=3,
+                 clf=replace(TINY_CLF, max_epochs=2), log=lambda *a: None,
+                 gan_overrides={"width": 4})
+    first = aug.augmentation_experiment(**small)
+    torch.randn(1000), np.random.rand(100), tiny_gan(train)
+    second = aug.augmentation_experiment(**small)
+    assert _scores(second) == _scores(first)
+
+
+def test_classifier_weights_do_not_depend_on_the_cpu_thread_count(breast):
+    # Notebook 04's live study gave real+classic AUC 0.740 on one thread and 0.641 on two:
+    # CPU convolutions sum weight gradients per thread. The classifier's backward pass runs on
+    # one thread, so its weights are bitwise equal whatever torch.get_num_threads() says.
+    from medgan_utils.classify import train_classifier
+
+    train, val, _ = breast
+    x, y = aug.arm_data("real+classic", train.images[:64], train.labels[:64], None, seed=0)
+    cfg = replace(TINY_CLF, max_epochs=2, min_steps_per_epoch=3)
+    threads = torch.get_num_threads()
+    weights = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            net, _ = train_classifier(x, y, val, 2, cfg, net_config=aug.downstream_net(1, 2))
+            weights.append(net.state_dict())
+            assert torch.get_num_threads() == n  # restored after each backward pass
+    finally:
+        torch.set_num_threads(threads)
+    for name, w in weights[0].items():
+        assert torch.equal(w, weights[1][name]), name

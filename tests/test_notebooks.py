@@ -1,8 +1,8 @@
-"""Notebook conventions and papermill parameter injection.
+"""Notebook conventions, papermill parameter injection, and every notebook run in quick mode.
 
-Every notebook is also executed in quick mode by nbval (``--nbval-lax``, see pyproject's
-``addopts``) with ``MEDGAN_QUICK=1``; these tests check what nbval cannot: the conventions of
-../shared/STYLE.md and that papermill's injected parameters reach the code.
+``medgan reproduce --quick`` executes each notebook once with papermill (a failing cell fails the
+test) and compares its numbers with the committed quick reference in ``results/quick/``; the
+other tests check the conventions of ../shared/STYLE.md and that injected parameters reach the code.
 """
 
 from __future__ import annotations
@@ -56,6 +56,31 @@ def test_committed_results_exist(path: Path):
         assert key in record
     assert record["params"].get("quick") is False, "committed results must come from a default run"
     assert record["metrics"] and all(isinstance(v, float) for v in record["metrics"].values())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_quick_references_exist(path: Path):
+    res = ROOT / "results" / "quick" / f"{path.stem}.json"
+    assert res.exists(), f"{res} missing: run `medgan reproduce --quick --update-quick-references`"
+    record = json.loads(res.read_text())
+    assert record["params"].get("quick") is True, "quick references must come from a quick run"
+    assert record["metrics"]
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_and_reproduces_its_quick_reference(tmp_path):
+    pytest.importorskip("papermill")
+    from medgan_utils.cli import main
+    from medgan_utils.reproduce import Row, format_table
+
+    code = main(["reproduce", "--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    failed = [Row(**r) for r in report["rows"] if not r["ok"]]
+    assert code == 0 and not failed, (
+        "quick runs differ from results/quick/ (executed notebooks in " + str(tmp_path / "notebooks")
+        + "); if the change is intended: medgan reproduce --quick --update-quick-references\n"
+        + format_table(failed))
+    assert report["summary"]["notebooks"] == len(NOTEBOOKS)
 
 
 def test_papermill_injects_parameters(tmp_path, monkeypatch):
