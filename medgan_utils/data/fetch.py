@@ -45,6 +45,7 @@ from .medmnist import (
     DataIntegrityError,
     DataNotFoundError,
     _dataset_class,
+    _md5,
     dataset_info,
     file_name,
     search_roots,
@@ -135,14 +136,6 @@ def datasets(manifest: str | os.PathLike | None = None) -> dict[str, DataSet]:
                             "raw files of ntustison/NonLocalSuperResolutionExample @ b5329d0",
                             "pix2pix and super-resolution demos"),
     }
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _ok(path: Path, md5: str) -> bool:
