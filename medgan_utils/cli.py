@@ -80,15 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model with the one fit() loop. Re-running the same command "
                                    "resumes from OUT/last.safetensors. PRESET names a registered model "
                                    "kind's preset; `medgan train PRESET --help` lists its options.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="presets:\n" + "\n".join(
-                           f"  {name:<12} {kind.name}: {kind.description}"
-                           for name, (kind, _) in registry.presets().items()))
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     tp = t.add_subparsers(dest="preset", required=True, metavar="PRESET")
     for name, (kind, preset) in registry.presets().items():
-        pp = tp.add_parser(name, help=f"{kind.name}: {kind.description}",
+        line = kind.preset_help.get(name, kind.description)
+        pp = tp.add_parser(name, help=f"[{kind.name}] {line}",
                            description=f"Train the {name!r} preset of the {kind.name!r} model kind "
-                                       f"({kind.description}). The preset sets some "
+                                       f"({line}). The preset sets some "
                                        f"{kind.config_cls.__name__} options; options given here override it.")
         _data_args(pp)
         pp.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")

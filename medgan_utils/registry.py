@@ -68,7 +68,8 @@ class ModelKind:
         config_cls: its frozen config dataclass (with ``to_dict``).
         model_cls: built as ``model_cls(config, device, **build_kwargs(data, config))``.
         presets: CLI preset name -> config field overrides (the CLI's ``medgan train PRESET``).
-        description: one line for ``medgan train --help``.
+        description: one line on the kind.
+        preset_help: preset name -> one line for ``medgan train --help`` (default: description).
         data_fields: ``(data, conditional) -> dict`` of config fields read from the data
             (channels, image size, classes).
         build_kwargs: ``(data or None, config) -> dict`` of extra constructor arguments (a GAN's
@@ -89,6 +90,7 @@ class ModelKind:
     model_cls: Callable[..., Any]
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
+    preset_help: Mapping[str, str] = field(default_factory=dict)
     data_fields: Callable[[Arrays, bool], dict[str, Any]] = _image_fields
     build_kwargs: Callable[[Arrays | None, Any], dict[str, Any]] = _no_kwargs
     loader: Callable[..., Iterable] = _image_loader
@@ -185,8 +187,11 @@ def _gan_serve(model: GAN, stored: set[str]) -> dict[str, nn.Module]:
 
 register(ModelKind(
     "gan", GANConfig, GAN, presets=PRESETS,
-    description="the GANs of chapters 01-04 (gan = MLP + BCE, dcgan = conv + BatchNorm + BCE, "
-                "wgan-gp = critic + gradient penalty, wgan-clip = weight clipping)",
+    description="the GANs of chapters 01-04",
+    preset_help={"gan": "MLP generator and discriminator, BCE loss (chapter 01)",
+                 "dcgan": "convolutional G and D with BatchNorm, BCE loss (chapter 02)",
+                 "wgan-gp": "Wasserstein critic with gradient penalty, 5 critic steps (chapter 03)",
+                 "wgan-clip": "Wasserstein critic with weight clipping (chapter 03)"},
     build_kwargs=_gan_build_kwargs,
     export_modules=lambda gan: {"G": gan.generator_for_export()},
     serve_modules=_gan_serve,
