@@ -79,7 +79,7 @@ def train_model(
         model = kind.build(config, device, arrays)
     loader = kind.loader(arrays, config, batch_size, device, seed or 0) if arrays is not None else data
     hist = fit(model, loader, fit_config, out_dir=out_dir, callbacks=callbacks,
-               metadata=header(config, **(facts or {})), progress=progress)
+               metadata=header(config, **kind.header_facts(model), **(facts or {})), progress=progress)
     return model, hist
 
 
@@ -87,7 +87,8 @@ def export(model: Any, path: str | os.PathLike, history: History | None = None, 
     """Write the networks ``model``'s kind ships + kind, config and facts; the history beside it."""
     path = Path(path)
     kind = kind_of(model.config)
-    save_checkpoint(path, kind.export_modules(model), metadata=header(model.config, **facts))
+    save_checkpoint(path, kind.export_modules(model),
+                    metadata=header(model.config, **kind.header_facts(model), **facts))
     if history is not None:
         history.to_json(history_path(path))
     return path
@@ -107,7 +108,7 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[A
     """
     meta = read_metadata(path)
     kind, config = kind_and_config(meta, path)
-    model = kind.build(config, device)
+    model = kind.build(config, device, header=meta)
     stored = {k.split(".")[0] for k in load_checkpoint(path)["tensors"]}
     load_checkpoint(path, kind.serve_modules(model, stored))
     for module in model.modules().values():

@@ -75,6 +75,10 @@ class ModelKind:
         build_kwargs: ``(data or None, config) -> dict`` of extra constructor arguments (a GAN's
             class prior from the training labels); ``data`` is None when loading a checkpoint.
         loader: ``(data, config, batch_size, device, seed) -> iterable`` of training batches.
+        header_facts: ``model -> dict``: what a checkpoint header must carry, beyond the config,
+            to rebuild the model as it was trained (a conditional GAN's class prior).
+        restore_kwargs: ``(header, config) -> dict`` of constructor arguments read back from
+            such a header when a checkpoint is loaded.
         export_modules: ``model -> {name: module}``: what a shipped checkpoint holds.
         serve_modules: ``(model, stored names) -> {name: module}``: where a checkpoint's
             modules load into (a GAN's export ``G`` is its EMA generator and replaces ``G``).
@@ -93,6 +97,8 @@ class ModelKind:
     preset_help: Mapping[str, str] = field(default_factory=dict)
     data_fields: Callable[[Arrays, bool], dict[str, Any]] = _image_fields
     build_kwargs: Callable[[Arrays | None, Any], dict[str, Any]] = _no_kwargs
+    header_facts: Callable[[Any], dict[str, Any]] = lambda model: {}
+    restore_kwargs: Callable[[Mapping[str, Any], Any], dict[str, Any]] = lambda header, config: {}
     loader: Callable[..., Iterable] = _image_loader
     export_modules: Callable[[Any], dict[str, nn.Module]] = _all_modules
     serve_modules: Callable[[Any, set[str]], dict[str, nn.Module]] = _serve_stored
@@ -108,9 +114,13 @@ class ModelKind:
         return self.config_cls(**{**(self.presets.get(preset, {}) if preset else {}), **fields,
                                   **overrides})
 
-    def build(self, config: Any, device: torch.device | str = "cpu", data: Arrays | None = None) -> Any:
-        """A fresh model of this kind (random weights, from the global torch RNG)."""
-        return self.model_cls(config, device, **self.build_kwargs(data, config))
+    def build(self, config: Any, device: torch.device | str = "cpu", data: Arrays | None = None,
+              header: Mapping[str, Any] | None = None) -> Any:
+        """A fresh model of this kind (random weights, from the global torch RNG), set up from
+        its training data or, when a checkpoint is loaded, from the checkpoint's header."""
+        kwargs = (self.build_kwargs(data, config) if data is not None
+                  else self.restore_kwargs(header, config) if header is not None else {})
+        return self.model_cls(config, device, **kwargs)
 
 
 _KINDS: dict[str, ModelKind] = {}
@@ -178,6 +188,15 @@ def _gan_build_kwargs(data: Arrays | None, config: GANConfig) -> dict[str, Any]:
     return {"class_prior": torch.bincount(labels, minlength=config.num_classes).float()}
 
 
+def _gan_facts(gan: GAN) -> dict[str, Any]:
+    return {"class_prior": gan.class_prior.cpu().tolist()} if gan.config.num_classes else {}
+
+
+def _gan_restore(header: Mapping[str, Any], config: GANConfig) -> dict[str, Any]:
+    prior = header.get("class_prior")
+    return {"class_prior": torch.tensor(prior)} if prior and config.num_classes else {}
+
+
 def _gan_serve(model: GAN, stored: set[str]) -> dict[str, nn.Module]:
     if stored == {"G"}:  # a shipped export: its G (the EMA one when there was one) is what samples
         model.ema = None
@@ -193,6 +212,8 @@ register(ModelKind(
                  "wgan-gp": "Wasserstein critic with gradient penalty, 5 critic steps (chapter 03)",
                  "wgan-clip": "Wasserstein critic with weight clipping (chapter 03)"},
     build_kwargs=_gan_build_kwargs,
+    header_facts=_gan_facts,
+    restore_kwargs=_gan_restore,
     export_modules=lambda gan: {"G": gan.generator_for_export()},
     serve_modules=_gan_serve,
 ))

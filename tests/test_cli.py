@@ -130,6 +130,14 @@ def test_conditional_export_samples_labels(tmp_path, medmnist_root, capsys):
               "--batch-size", "8", "--out", str(out), "--device", "cpu"])
     export = out / "dcgan_cond_breastmnist_64.safetensors"
     assert read_metadata(export)["config"]["num_classes"] == 2
+    # The class mix fakes are drawn with is the training set's, and it survives export and load.
+    from medgan_utils.data import load_arrays
+    from medgan_utils.pretrained import load
+
+    labels = load_arrays("breastmnist", "train", 64, medmnist_root).labels
+    expected = np.bincount(labels, minlength=2) / len(labels)
+    np.testing.assert_allclose(load(export)[0].class_prior.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(load(out / "last.safetensors")[0].class_prior.numpy(), expected, rtol=1e-6)
 
     npz = tmp_path / "cond.npz"
     cli.main(["sample", str(export), "--n", "10", "--out", str(npz), "--device", "cpu"])
