@@ -157,14 +157,15 @@ def fit(
     ckpt = out / "last.safetensors" if out else None
     meta = {"fit": asdict(config), **dict(metadata or {})}
 
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(meta, indent=1, default=str))
     if ckpt and config.resume and ckpt.exists():
+        _check_same_model(ckpt, meta)
         step, history = _resume(ckpt, model, data, out)
         if step >= config.steps:
             history.stopped = history.stopped or "done"
             return history
+    if out:  # after the resume check: a refused resume must not overwrite the run's record
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", meta)
 
     if not callable(getattr(model, "train_step", None)):
         raise TypeError(f"{type(model).__name__} has no train_step(batches): see medgan_utils.train")
@@ -247,6 +248,30 @@ def fit(
     if out:
         history.to_json(out / "history.json")
     return history
+
+
+# Header entries that define the model: a run resumed under different ones would train a hybrid
+# (optimizer state, learning rates included, comes from the checkpoint) while recording the new.
+_MODEL_KEYS = ("kind", "config", "gan")
+
+
+def _check_same_model(ckpt: Path, meta: Mapping[str, Any]) -> None:
+    from .checkpoint import read_metadata
+
+    try:
+        saved = read_metadata(ckpt)
+    except CheckpointError:
+        return  # _resume reports the unreadable file
+    now = json.loads(json.dumps(dict(meta), default=str))
+    differ = [k for k in _MODEL_KEYS if k in saved and k in now and saved[k] != now[k]]
+    if differ:
+        fields = sorted({f for k in differ if isinstance(saved[k], dict)
+                         for f in set(saved[k]) | set(now[k]) if saved[k].get(f) != now[k].get(f)})
+        raise CheckpointError(
+            f"{ckpt} was trained with another model ({', '.join(fields or differ)} differ); resuming "
+            "would keep its optimizer state and settings while recording the new ones. Pass "
+            "resume=False (medgan train --no-resume) to start over there, or choose a new out_dir "
+            "(--out).")
 
 
 def _resume(ckpt: Path, model: Trainable, data: Any, out: Path) -> tuple[int, History]:

@@ -273,3 +273,26 @@ def test_classifier_shapes_and_gradients(channels, size, classes):
     nn.functional.cross_entropy(net(x), torch.arange(3) % classes).backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and p.grad.any(), name
+
+
+def test_ema_warm_up_counts_its_own_updates_when_the_optimizer_keeps_none():
+    from torch import nn as tnn
+
+    from medgan_utils.models.parts import EMA
+
+    def one_update(t=None, updates_before=9):
+        src = tnn.Linear(2, 2)
+        ema = EMA(src, 0.999)
+        ema.updates = updates_before
+        with torch.no_grad():
+            for p in ema.module.parameters():
+                p.zero_()
+            for p in src.parameters():
+                p.fill_(1.0)
+        ema.update(src, t)
+        return next(ema.module.parameters())
+
+    # 10th update with no optimizer count (SGD): decay (1 + 10) / (10 + 10) = 0.55.
+    assert torch.allclose(one_update(), torch.full((2, 2), 0.45))
+    # Adam's count wins when it is larger (a resumed run): decay (1 + 100) / 110.
+    assert torch.allclose(one_update(t=100.0), torch.full((2, 2), 9 / 110))

@@ -486,3 +486,22 @@ def test_divergence_before_any_checkpoint_claims_none(tmp_path):
             out_dir=tmp_path, progress=False)
     assert "step 1" in str(err.value) and "last good checkpoint" not in str(err.value)
     assert not (tmp_path / "last.safetensors").exists()
+
+
+def test_resume_refuses_a_changed_model_and_keeps_the_run_record(tmp_path, medmnist_root):
+    from medgan_utils.data import load_arrays
+    from medgan_utils.pretrained import train_model
+
+    data = load_arrays("breastmnist", "train", 28, medmnist_root)
+    small = dict(width=4, latent_dim=8)
+    train_model(GANConfig.preset("dcgan", **small), data, FitConfig(steps=2), out_dir=tmp_path,
+                progress=False)
+    before = (tmp_path / "config.json").read_text()
+    # A new learning rate would be overwritten by the checkpoint's optimizer state: refused.
+    with pytest.raises(CheckpointError, match="lr_g.*--no-resume"):
+        train_model(GANConfig.preset("dcgan", **small, lr_g=1e-2), data, FitConfig(steps=4),
+                    out_dir=tmp_path, progress=False)
+    assert (tmp_path / "config.json").read_text() == before
+    _, hist = train_model(GANConfig.preset("dcgan", **small), data, FitConfig(steps=4), out_dir=tmp_path,
+                          progress=False)
+    assert hist.step == 4, "the same model resumes"

@@ -21,9 +21,9 @@ class EMA:
     """An exponential moving average of a network's weights (Karras et al.; timm's ``ModelEmaV2``).
 
     Early on the average would be dominated by the random initial weights, so the decay warms up
-    as ``min(decay, (1 + t) / (10 + t))`` with ``t`` the number of updates so far. ``t`` is read
-    from the caller (for a GAN: Adam's own step counter, which checkpoints save), so a resumed run
-    continues the same schedule without extra state.
+    as ``min(decay, (1 + t) / (10 + t))`` with ``t`` the number of updates so far. For a GAN ``t``
+    is Adam's own step counter, which checkpoints save, so a resumed run continues the same
+    schedule without extra state; the EMA also counts its updates for optimizers without one.
 
     Args:
         module: the network to average; a frozen copy in eval mode is kept as ``ema.module``.
@@ -35,10 +35,17 @@ class EMA:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        self.updates = 0  # the warm-up's own count, for optimizers that keep none (SGD)
 
     @torch.no_grad()
-    def update(self, source: nn.Module, t: float) -> None:
-        """Move the average towards ``source`` after its ``t``-th update (buffers are copied)."""
+    def update(self, source: nn.Module, t: float | None = None) -> None:
+        """Move the average towards ``source`` after its ``t``-th update (buffers are copied).
+
+        ``t``: the optimizer's step count when it keeps one (Adam's survives resume in its
+        state); the larger of it and this EMA's own count of updates is used, so an optimizer
+        without a count (SGD) still gets the warm-up instead of a decay stuck at 0.1."""
+        self.updates += 1
+        t = max(float(t or 0.0), float(self.updates))
         d = min(self.decay, (1 + t) / (10 + t))
         for p_ema, p in zip(self.module.parameters(), source.parameters(), strict=True):
             p_ema.lerp_(p.detach(), 1 - d)
