@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=2000, help="generated or test images (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--root", default=None, help="folder with the .npz (else $MEDMNIST_ROOT, data/medmnist)")
+    e.add_argument("--dataset", default=None, help="the data set to judge against (default: the one "
+                   "in the checkpoint's header)")
     e.add_argument("--device", default=None)
 
     a = sub.add_parser("apply", help="run an image-to-image model (super-resolution, reconstruction, "
@@ -278,7 +280,11 @@ def cmd_sample(ns) -> int:
     model, _, _ = _load_model(ns, "sample")
     gen = torch.Generator().manual_seed(ns.seed)
     labels = None
-    if getattr(model.config, "num_classes", 0):
+    k = getattr(model.config, "num_classes", 0)
+    if ns.label is not None and not 0 <= ns.label < k:
+        raise SystemExit(f"--label {ns.label}: {ns.checkpoint} " + (
+            f"has classes 0 to {k - 1}" if k else "is not class-conditional (drop --label)"))
+    if k:
         labels = (torch.full((ns.n,), ns.label) if ns.label is not None
                   else model.sample_labels(ns.n, gen).cpu())
     images = to_uint8(model.sample(ns.n, labels=labels, generator=gen))
@@ -297,9 +303,10 @@ def cmd_evaluate(ns) -> int:
     from .data import load_arrays
 
     model, meta, device = _load_model(ns, "")
-    ds = meta.get("dataset", "pneumoniamnist")
+    ds = ns.dataset or meta.get("dataset")
+    if not ds:
+        raise SystemExit(f"{ns.checkpoint}'s header names no data set: say which with --dataset NAME")
     size = meta.get("size", getattr(model.config, "image_size", 28))
-    test = load_arrays(ds, "test", size, ns.root)
     if callable(getattr(model, "sample", None)):
         import os
 
@@ -316,6 +323,7 @@ def cmd_evaluate(ns) -> int:
         from .metrics import evaluate_paired
         from .registry import kind_of
 
+        test = load_arrays(ds, "test", size, ns.root)
         res = evaluate_paired(model, kind_of(model.config), test.tensors()[:ns.n], seed=ns.seed)
     else:
         raise SystemExit(f"{ns.checkpoint} holds a {type(model).__name__}, which neither samples nor "
@@ -330,18 +338,26 @@ def cmd_apply(ns) -> int:
     from .data import load_image_folder, to_float, to_uint8
 
     model, _, device = _load_model(ns, "apply")
-    if ns.input.suffix == ".npz":
+    if ns.input.suffix.lower() == ".npz":
         with np.load(ns.input) as f:
             if "images" not in f.files:
                 raise SystemExit(f"{ns.input} has no 'images' array (it has {f.files})")
             arr = f["images"]
-        x = (to_float(torch.from_numpy(arr)) if arr.dtype == np.uint8
-             else torch.as_tensor(arr, dtype=torch.float32))
-        if x.ndim == 3:
-            x = x[:, None]
+        if arr.dtype == np.uint8:
+            x = to_float(torch.from_numpy(arr))  # (N, H, W[, C]) as MedMNIST stores it
+        else:
+            x = torch.as_tensor(arr, dtype=torch.float32)
+            if x.ndim == 3:
+                x = x[:, None]
+            if x.numel() and (x.min() < -1.001 or x.max() > 1.001):
+                raise SystemExit(f"{ns.input}: float images must be (N, C, H, W) in [-1, 1], got values "
+                                 f"in [{x.min():.3g}, {x.max():.3g}]; store uint8 0-255 instead")
     else:
         size = ns.size or getattr(model.config, "input_size", None) or getattr(model.config, "image_size", 64)
         x = load_image_folder(ns.input, size, window=tuple(ns.window) if ns.window else None).images
+    channels = getattr(model.config, "channels", x.shape[1])
+    if x.shape[1] != channels:
+        raise SystemExit(f"{ns.input} gives {x.shape[1]}-channel images; the model takes {channels}")
     with torch.no_grad():
         y = torch.cat([model.apply(x[i:i + 256].to(device)).cpu() for i in range(0, len(x), 256)])
     images = to_uint8(y)

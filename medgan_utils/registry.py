@@ -30,6 +30,7 @@ from torch import nn
 
 from .data import Arrays, TensorLoader
 from .models.gan import GAN, PRESETS, GANConfig
+from .train import FitConfig
 
 
 def _image_fields(data: Arrays, conditional: bool) -> dict[str, Any]:
@@ -124,14 +125,23 @@ class ModelKind:
 
 
 _KINDS: dict[str, ModelKind] = {}
+# Option names `medgan train PRESET` already has: a config field of the same name would clash.
+RESERVED_FIELDS = frozenset({"dataset", "size", "root", "seed", "device", "threads", "batch_size",
+                             "conditional", "out", "export"}
+                            | {f.name for f in dataclasses.fields(FitConfig)})
 
 
 def register(kind: ModelKind, *, replace: bool = False) -> ModelKind:
     """Add ``kind`` (an error if its name or a preset name is taken, unless ``replace``)."""
+    clash = {f.name for f in dataclasses.fields(kind.config_cls)} & RESERVED_FIELDS
+    if clash:
+        raise ValueError(f"{kind.config_cls.__name__} fields {sorted(clash)} clash with the CLI's own "
+                         "options (data, run and FitConfig settings): rename them")
     if not replace:
         if kind.name in _KINDS:
             raise ValueError(f"a model kind named {kind.name!r} is registered already")
-        taken = {p for k in _KINDS.values() for p in k.presets} & set(kind.presets)
+        offered = set(kind.presets or {kind.name: {}})  # a kind without presets is offered by name
+        taken = set(presets()) & offered
         if taken:
             raise ValueError(f"preset names {sorted(taken)} belong to another kind already")
     _KINDS[kind.name] = kind

@@ -260,3 +260,50 @@ def test_registry_rejects_clashes_and_unknown_headers(toy_kinds, tmp_path):
     save_checkpoint(tmp_path / "x.safetensors", {"net": nn.Linear(2, 2)}, metadata={"kind": "gone"})
     with pytest.raises(ValueError, match="unknown model kind 'gone'"):
         load(tmp_path / "x.safetensors")
+
+
+def test_cli_refuses_bad_labels_inputs_and_missing_data_sets(toy_kinds, tmp_path, medmnist_root, capsys):
+    out = tmp_path / "run"
+    run_cli(["train", "toy-denoise", "--dataset", "breastmnist", "--root", str(medmnist_root),
+             "--steps", "2", "--out", str(out), "--device", "cpu"], capsys)
+    path = out / "toy-denoise_breastmnist_28.safetensors"
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.random.default_rng(0).random((4, 1, 28, 28)).astype(np.float32) * 255)
+    with pytest.raises(SystemExit, match=r"in \[-1, 1\]"):
+        cli.main(["apply", str(path), str(bad), "--out", str(tmp_path / "o.npz"), "--device", "cpu"])
+    rgb = tmp_path / "rgb.NPZ"  # upper-case suffix still read as an archive
+    np.savez(rgb.with_suffix(""), images=np.zeros((2, 28, 28, 3), np.uint8))
+    rgb.with_suffix("").with_suffix(".npz").rename(rgb)
+    with pytest.raises(SystemExit, match="3-channel images; the model takes 1"):
+        cli.main(["apply", str(path), str(rgb), "--out", str(tmp_path / "o.npz"), "--device", "cpu"])
+
+    gauss = tmp_path / "g"
+    run_cli(["train", "toy-gauss", "--dataset", "breastmnist", "--root", str(medmnist_root),
+             "--steps", "1", "--out", str(gauss), "--device", "cpu"], capsys)
+    export = gauss / "toy-gauss_breastmnist_28.safetensors"
+    with pytest.raises(SystemExit, match="not class-conditional"):
+        cli.main(["sample", str(export), "--n", "2", "--label", "1", "--out", str(tmp_path / "s.npz"),
+                  "--device", "cpu"])
+    cfg = toy_kinds[0].config("toy-gauss", load_arrays("breastmnist", "train", 28, medmnist_root))
+    model, _ = train_model(cfg, load_arrays("breastmnist", "train", 28, medmnist_root),
+                           FitConfig(steps=1), progress=False)
+    anonymous = export.with_name("anonymous.safetensors")
+    from medgan_utils.pretrained import export as export_model
+
+    export_model(model, anonymous)  # no data set in its header
+    with pytest.raises(SystemExit, match="--dataset NAME"):
+        cli.main(["evaluate", str(anonymous), "--n", "50", "--device", "cpu"])
+
+
+def test_registry_rejects_shadowing_and_clashing_fields(toy_kinds):
+    @dataclass(frozen=True)
+    class StepsConfig:
+        steps: int = 3
+
+        def to_dict(self):
+            return asdict(self)
+
+    with pytest.raises(ValueError, match="clash with the CLI"):
+        registry.register(ModelKind("clashing", StepsConfig, GaussGenerator))
+    with pytest.raises(ValueError, match="another kind"):  # a preset-less kind is offered by name
+        registry.register(ModelKind("dcgan", GaussConfig, GaussGenerator))
