@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from .data import Arrays, TensorLoader, to_float
 from .data.augment import affine
 from .models.classifier import Classifier, ClassifierConfig
 from .train import FitConfig, fit
-from .utils import CHECKPOINT_DIR, RUNS_DIR
+from .utils import CHECKPOINT_DIR, RUNS_DIR, one_cpu_thread
 
 
 @dataclass(frozen=True)
@@ -62,28 +60,6 @@ def augment_batch(x: torch.Tensor, rotate_deg: float = 10.0) -> torch.Tensor:
     flip = torch.rand(b, device=x.device) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
     return affine(x, (torch.rand(b, device=x.device) * 2 - 1) * math.radians(rotate_deg))
-
-
-@contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the enclosed CPU work on one intra-op thread, then restore the thread count.
-
-    PyTorch's CPU convolution sums a weight gradient over the batch in one partial sum per
-    thread, so the gradients (and, through early stopping, a small-data study's AUC by up to
-    0.1) depend on how many threads the machine has; the forward pass and the input gradients
-    of this network measured the same on one and two threads. A backward pass on one thread
-    gives the same numbers whatever the core count or ``OMP_NUM_THREADS``, and the same as a run
-    made with one thread throughout (so the committed one-thread numbers stand).
-    """
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 class ClassifierModel:

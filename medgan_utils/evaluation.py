@@ -525,8 +525,9 @@ def calibration_battery(
     Sets, each made from ``n`` seeded images of the generator's training part
     (:func:`training_part`):
 
-    * ``floor``: the images themselves (fd_ratio 1 by construction of the floor; its spread
-      comes from ``floor_seed1``, another draw scored against the floor of the first);
+    * ``floor``: the images themselves, one draw of the floor (its fd_ratio is about 1, not
+      exactly: the floor FD is a mean over several draws on PneumoniaMNIST; its spread comes
+      from ``floor_seed1``, another draw scored against the floor of the first);
     * ``noise_<sigma>`` (Gaussian, sigma 0.1 and 0.3 in [-1, 1] units), ``blur_<sigma>``
       (Gaussian blur, sigma 0.6 and 1.2 px), ``downup_<f>`` (bicubic down then up by 2 and 4),
       ``shift_<s>`` (brightness + s of the full range, 0.1 and 0.3, clamped);

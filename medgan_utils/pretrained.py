@@ -63,7 +63,9 @@ def train_model(
     Args:
         config: any registered kind's config (a :class:`~medgan_utils.models.GANConfig`...).
         data: the training split as :class:`~medgan_utils.data.Arrays` (the kind makes the
-            loader: batches of ``batch_size`` shuffled with ``seed``), or a ready loader.
+            loader: batches of ``batch_size`` shuffled with ``seed``), or a ready loader; then the
+            model is built without the data's facts (a conditional GAN's class prior is uniform:
+            pass ``Arrays``, or a ``model`` built with its prior).
         seed: seeds torch before the model is built (None: the caller's RNG state as it is).
         model: a model built by the caller (e.g. with its own networks or optimizers).
         facts: stored in the checkpoint headers with the kind and config.

@@ -370,7 +370,8 @@ class TensorLoader(_Batches):
     ``DPDataLoader``): each of the ``len()`` = N // batch_size steps of an epoch includes every
     image independently with probability ``sample_rate`` = batch_size / N, so batch sizes vary
     around ``batch_size`` and a batch can be empty (then ``(0, C, H, W)`` and ``(0,)`` tensors
-    are yielded, as Opacus does). Each step's draw comes from a generator seeded by
+    are yielded, as Opacus does; a model trained on them must accept an empty batch, which is
+    why this mode is for DP training only). Each step's draw comes from a generator seeded by
     ``(seed, epoch, step)``, so it is repeatable and resumes exactly; ``drop_last`` has no effect.
 
     Args:

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import one_cpu_thread
+
 __all__ = ["Autoencoder", "AutoencoderConfig", "AutoencoderModel"]
 
 
@@ -137,7 +139,8 @@ class AutoencoderModel:
     """
 
     def __init__(self, net: Autoencoder, device: torch.device | str = "cpu"):
-        self.net = net.to(device)
+        self.device = torch.device(device)
+        self.net = net.to(self.device)
         c = net.config
         self.opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
@@ -148,7 +151,8 @@ class AutoencoderModel:
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         loss = self.net.reconstruction_loss(x)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with one_cpu_thread(self.device):  # same gradients on any number of CPU threads
+            loss.backward()
         self.opt.step()
         return {"loss": loss.item()}
 
