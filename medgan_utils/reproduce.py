@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import RESULTS_DIR
-from .utils import REPO_ROOT, git_commit, write_json
+from .utils import REPO_ROOT, git_commit, machine, write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 QUICK_REFERENCE_DIR = RESULTS_DIR / "quick"  # committed references of quick (smoke) runs
@@ -132,27 +132,15 @@ class Row:
     status: str  # "same", "within", "changed", "timing", "missing", "new", "params", "error", "no reference"
 
 
-def machine() -> dict[str, Any]:
-    """What a CPU result depends on beyond the device's name, kept in quick references: the
-    vector instruction set torch dispatches to (``AVX2``, ``AVX512``...; MKL and oneDNN choose
-    their kernels the same way, and each rounds differently), the CPU model, torch's threads."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, StopIteration):
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu,
-            "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())}
-
-
 def same_device(reference: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
     """True when both records name the same device and, where both say, the same CPU vector
-    instruction set (a reference made on an AVX-512 CPU is "another device" for an AVX2 one)."""
-    isa = [r.get("machine", {}).get("cpu_capability") for r in (reference, now)]
-    return reference.get("device") == now.get("device") and (None in isa or isa[0] == isa[1])
+    instruction set and thread count (a reference made on an AVX-512 CPU, or on one thread, is
+    "another device" for an AVX2 CPU, or for two threads)."""
+    same = reference.get("device") == now.get("device")
+    for fact in ("cpu_capability", "torch_threads"):  # each changes how a CPU rounds
+        pair = [r.get("machine", {}).get(fact) for r in (reference, now)]
+        same = same and (None in pair or pair[0] == pair[1])
+    return same
 
 
 def compare(notebook: str, reference: Mapping[str, Any] | None, now: Mapping[str, Any] | None,

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .utils import REPO_ROOT, get_device, git_commit, versions, write_json
+from .utils import REPO_ROOT, get_device, git_commit, machine, versions, write_json
 
 RESULTS_DIR = REPO_ROOT / "results"
 QUICK_RESULTS_DIR = REPO_ROOT / "runs" / "quick_results"
@@ -146,6 +146,7 @@ class NotebookRun:
             "commit": self.commit,
             "versions": versions(),
             "device": str(device),
+            "machine": machine(),
             "wall_s": round(time.perf_counter() - self.t0, 2),
             "peak_memory_mb": round(peak_memory_mb(device), 1),
             "metrics": _flat(metrics),

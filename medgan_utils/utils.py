@@ -5,6 +5,7 @@ Introduced in ``notebooks/00_getting_started.ipynb``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +97,23 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+def machine() -> dict[str, Any]:
+    """What a CPU result depends on beyond the device's name, recorded in every results file: the
+    vector instruction set torch dispatches to (``AVX2``, ``AVX512``...; MKL and oneDNN choose
+    their kernels the same way, and each rounds differently), the CPU model, torch's threads."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu,
+            "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())}
+
 
 
 def git_commit(default: str = "unknown") -> str:

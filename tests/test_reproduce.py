@@ -195,3 +195,14 @@ def test_a_real_run_writes_only_its_scratch_folder_and_fails_on_a_changed_number
     assert rows["tensor_path_speedup"]["status"] == "new" and rows["tensor_path_speedup"]["ok"]
     assert (tmp_path / "run" / "notebooks" / "00_getting_started.ipynb").exists()
     assert (tmp_path / "run" / "results" / "00_getting_started.json").exists()
+
+
+def test_another_thread_count_or_instruction_set_is_another_device():
+    from medgan_utils.reproduce import same_device
+
+    ref = {"device": "cpu", "machine": {"cpu_capability": "AVX2", "torch_threads": 1}}
+    assert same_device(ref, ref)
+    assert not same_device(ref, {"device": "cpu", "machine": {"cpu_capability": "AVX2", "torch_threads": 2}})
+    assert not same_device(ref, {"device": "cpu", "machine": {"cpu_capability": "AVX512", "torch_threads": 1}})
+    assert not same_device(ref, {"device": "cuda", "machine": ref["machine"]})
+    assert same_device({"device": "cpu"}, ref), "a record without machine facts is compared by device"
