@@ -52,6 +52,14 @@ def _write_tmp(path: Path, write) -> str:
     return tmp
 
 
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: a
+    reader (another process, a killed run) never sees a half-written file."""
+    path = Path(path)
+    os.replace(_write_tmp(path, write), path)
+    return path
+
+
 def state_path(path: str | os.PathLike) -> Path:
     """Where the trainer state that goes with weights file ``path`` lives."""
     p = Path(path)

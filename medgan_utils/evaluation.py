@@ -42,7 +42,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -55,7 +54,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint, write_atomic
 from .data import TensorLoader, downsample, gaussian_noise, load_arrays, stratified_subset, upsample
 from .metrics import copy_fraction, extract_features, frechet_distance, kid, memorization, prdc
 from .models.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderModel
@@ -300,18 +299,9 @@ def clear_cache(disk: bool = False) -> None:
             f.unlink()
 
 
-def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _save_features(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     # Another process (a notebook, a test worker) may read the same file: never show it half-written.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda tmp: save_file(tensors, tmp))
 
 
 def real_features(space: str, dataset: str, split: str, size: int = 28) -> torch.Tensor:
@@ -339,7 +329,7 @@ def real_features(space: str, dataset: str, split: str, size: int = 28) -> torch
             feats = None
     if feats is None:
         feats = _features(net, _to_float(_arrays(dataset, split, size).images))
-        _save_atomic(path, {"features": feats.contiguous()})
+        _save_features(path, {"features": feats.contiguous()})
     _MEMORY[mem_key] = feats
     return feats
 
