@@ -79,8 +79,8 @@ def small_data_configs(base: dict) -> list[tuple[str, GANConfig]]:
             ("ema+diffaugment", replace(wg, ema=0.999, diffaugment=SMALL_DATA_AUGMENT))]
 
 
-GRIDS = {"stability": lambda base, lrs: stability_configs(base, lrs),
-         "small-data": lambda base, lrs: small_data_configs(base)}
+GRIDS = {"stability": stability_configs,
+         "small-data": lambda base, lrs: small_data_configs(base)}  # one grid needs no learning rates
 
 
 def run_grid(which: str, train: Arrays, test: Arrays, extractor: torch.nn.Module, *,

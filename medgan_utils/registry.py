@@ -171,7 +171,7 @@ def kind_of(config: Any) -> ModelKind:
     raise ValueError(f"no registered model kind uses {type(config).__name__}")
 
 
-def presets() -> dict[str, tuple[ModelKind, str]]:
+def presets() -> dict[str, tuple[ModelKind, str | None]]:
     """CLI preset name -> (kind, preset); a kind without presets is offered under its own name."""
     out: dict[str, tuple[ModelKind, str | None]] = {}
     for kind in _KINDS.values():
