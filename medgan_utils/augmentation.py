@@ -34,6 +34,7 @@ from .models.classifier import ClassifierConfig
 from .models.gan import GAN, GANConfig
 from .pretrained import export, load, train_model
 from .results import key
+from .stats import mean_ci, paired_ci
 from .train import FitConfig
 from .utils import write_json
 
@@ -154,26 +155,36 @@ def run_arms(images: np.ndarray, labels: np.ndarray, gan: GAN | None, val: Array
 
 
 def summarize_arms(per_fraction: dict[str, dict[str, list[dict]]]) -> dict[str, float]:
-    """Flat metrics: ``<fraction>/<arm>/auc_mean`` etc., plus the 10 % gain with a 95 % CI."""
+    """Flat metrics per fraction and arm: ``<fraction>/<arm>/auc_mean``, ``auc_std``, ``auc_ci95``
+    (and the same for accuracy), the gain of each ``real+...`` arm over ``real`` paired by seed
+    (``auc_gain_mean``, ``auc_gain_ci95``) and TSTR/TRTR.
+
+    Intervals are Student-t over the classifier seeds (:func:`medgan_utils.stats.mean_ci`): they
+    cover the classifier's training noise only. The data subset (``subset_seed``) and the cGAN
+    (one per fraction) are held fixed, so a gain's interval says nothing about another subset or
+    another GAN run.
+    """
     flat: dict[str, float] = {}
     for frac, arms in per_fraction.items():
         for arm, runs in arms.items():
             for stat in ("auc", "acc"):
-                vals = np.array([r[stat] for r in runs])
-                flat[key(frac, arm, f"{stat}_mean")] = float(vals.mean())
-                flat[key(frac, arm, f"{stat}_std")] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+                ci = mean_ci([r[stat] for r in runs])
+                flat[key(frac, arm, f"{stat}_mean")] = ci.mean
+                flat[key(frac, arm, f"{stat}_std")] = (float(np.std([r[stat] for r in runs], ddof=1))
+                                                      if ci.n > 1 else 0.0)
+                if math.isfinite(ci.half):
+                    flat[key(frac, arm, f"{stat}_ci95")] = ci.half
         if "real" in arms:
-            real = np.array([r["auc"] for r in arms["real"]])
+            real = [r["auc"] for r in arms["real"]]
             for arm in arms:
                 if arm.startswith("real+"):
-                    diff = np.array([r["auc"] for r in arms[arm]]) - real  # paired by seed
-                    half = 1.96 * diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-                    flat[key(frac, arm, "auc_gain_mean")] = float(diff.mean())
-                    if math.isfinite(half):
-                        flat[key(frac, arm, "auc_gain_ci95")] = float(half)
+                    gain = paired_ci([r["auc"] for r in arms[arm]], real)  # paired by seed
+                    flat[key(frac, arm, "auc_gain_mean")] = gain.mean
+                    if math.isfinite(gain.half):
+                        flat[key(frac, arm, "auc_gain_ci95")] = gain.half
             if "synthetic" in arms:
                 syn = np.array([r["auc"] for r in arms["synthetic"]])
-                flat[key(frac, "tstr_over_trtr")] = float(syn.mean() / real.mean())
+                flat[key(frac, "tstr_over_trtr")] = float(syn.mean() / np.mean(real))
     return flat
 
 

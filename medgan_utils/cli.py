@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import re
 import sys
 import time
@@ -228,6 +229,10 @@ def _setup(ns):
 
     if getattr(ns, "threads", 0):
         torch.set_num_threads(ns.threads)
+    if getattr(ns, "root", None):
+        # --root is where this process's loaders look first, including the evaluation module's
+        # cached reference sets, which take no root argument (they are keyed by data set only).
+        os.environ["MEDMNIST_ROOT"] = str(ns.root)
     seed_everything(getattr(ns, "seed", 0))
     return get_device(ns.device)
 
@@ -308,12 +313,8 @@ def cmd_evaluate(ns) -> int:
         raise SystemExit(f"{ns.checkpoint}'s header names no data set: say which with --dataset NAME")
     size = meta.get("size", getattr(model.config, "image_size", 28))
     if callable(getattr(model, "sample", None)):
-        import os
-
         from .evaluation import SPACES, autoencoder_path, score_generator
 
-        if ns.root:  # the evaluation module finds the data where every loader does
-            os.environ["MEDMNIST_ROOT"] = str(ns.root)
         # Judged against held-out images of its own training distribution, in every feature
         # space shipped for the data set (the label-free one only where it exists).
         spaces = [s for s in SPACES if s != "autoencoder" or autoencoder_path(ds, size).exists()]
@@ -442,10 +443,10 @@ def cmd_experiment(ns) -> int:
     device = _setup(ns)
     if ns.which == "augmentation":
         return _augmentation(ns, device)
-    train, test = load_arrays(ns.dataset, "train", ns.size, ns.root), load_arrays(ns.dataset, "test", ns.size, ns.root)
+    train = load_arrays(ns.dataset, "train", ns.size, ns.root)
     extractor = load_extractor(ns.dataset, ns.size, device)
     run = start_run(ns.name or f"03_{ns.which.replace('-', '_')}", vars(ns) | {"root": None}, device)
-    results, summary = run_grid(ns.which, train, test, extractor, lrs=ns.lrs, seeds=ns.seeds, steps=ns.steps,
+    results, summary = run_grid(ns.which, train, extractor, lrs=ns.lrs, seeds=ns.seeds, steps=ns.steps,
                                 eval_every=ns.eval_every, n_eval=ns.n_eval, batch_size=ns.batch_size,
                                 device=device)
     path = run.finish(summary, extra={"runs": results, "command": "medgan " + " ".join(sys.argv[1:])})

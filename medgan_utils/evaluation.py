@@ -45,7 +45,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +55,23 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint, write_atomic
-from .data import TensorLoader, downsample, gaussian_noise, load_arrays, stratified_subset, upsample
+from .data import (
+    Arrays,
+    TensorLoader,
+    downsample,
+    gaussian_noise,
+    load_arrays,
+    stratified_subset,
+    upsample,
+)
 from .metrics import copy_fraction, extract_features, frechet_distance, kid, memorization, prdc
 from .models.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderModel
 from .train import FitConfig, fit
 from .utils import CHECKPOINT_DIR, RUNS_DIR
 
 __all__ = [
-    "SPACES", "autoencoder_path", "calibration_battery", "clear_cache", "feature_space",
+    "SPACES", "autoencoder_path", "calibration_battery", "clear_cache", "fd_to_reference", "feature_space",
+    "generator_training_arrays",
     "load_autoencoder", "real_features", "reference_split", "reference_table", "score_generator",
     "train_autoencoder", "training_part",
 ]
@@ -282,6 +291,18 @@ def training_part(dataset: str, size: int = 28) -> tuple[torch.Tensor, np.ndarra
     return _to_float(arr.images[p.train_idx]), arr.labels[p.train_idx]
 
 
+def generator_training_arrays(train: Arrays) -> Arrays:
+    """The images a generator judged by this module should train on: all of ``train`` when the
+    reference is the validation split, else :func:`training_part`'s rows (so the reference half
+    is truly unseen by the generator; see the module docstring)."""
+    if train.split != "train":
+        raise ValueError(f"expected the training split, got {train.name}/{train.split}")
+    p = _plan(train.name, train.size)
+    if p.ref_split != "train":
+        return train
+    return replace(train, images=train.images[p.train_idx], labels=train.labels[p.train_idx])
+
+
 def _to_float(images_u8: np.ndarray) -> torch.Tensor:
     from .data import to_float
 
@@ -409,6 +430,19 @@ def _score_features(space: str, dataset: str, size: int, fake: torch.Tensor, see
     out.update(copy_fraction(s["train"], s["val"], fake))
     out["n"] = float(n)
     return out
+
+
+def fd_to_reference(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
+                    space: str = "classifier", seed: int = 0) -> dict[str, float]:
+    """Just ``fd`` and ``fd_ratio`` against the reference (no KID, PRDC or memorization): cheap
+    enough to log every few dozen training steps without touching the test split."""
+    net, _ = feature_space(space, dataset, size)
+    s = _sets(space, dataset, size)
+    feats = _features(net, fake_images.detach().float().cpu())
+    n = min(feats.shape[0], s["train_part"].shape[0])
+    fd = frechet_distance(_subset_rows(feats, n, seed), s["ref"])
+    floor = _floor(space, dataset, size, n, seed, 0, 5)["fd"]
+    return {"fd": fd, "fd_ratio": fd / floor if floor > 0 else float("inf")}
 
 
 def score_generator(

@@ -16,47 +16,53 @@ import numpy as np
 import torch
 
 from .data import Arrays
-from .metrics import class_coverage, evaluate, extract_features, frechet_distance
+from .evaluation import SPACES, fd_to_reference, generator_training_arrays, score_generator
+from .metrics import class_coverage
 from .models.gan import GANConfig
 from .pretrained import train_model
 from .results import key, run_key, split_run_key
+from .stats import mean_ci
 from .train import FitConfig
 
 
-def fd_callback(extractor: torch.nn.Module, test_images: torch.Tensor, n: int = 1000,
-                seed: int = 0) -> Callable:
-    """A ``fit`` callback logging ``fd`` (generated vs test features) with a fixed noise seed."""
-    test_feats = extract_features(extractor, test_images[:n])
+def fd_callback(dataset: str, size: int = 28, n: int = 1000, seed: int = 0) -> Callable:
+    """A ``fit`` callback logging ``fd`` and ``fd_ratio`` against the reference of
+    :mod:`medgan_utils.evaluation` (classifier space, fixed noise seed). Never the test split:
+    ranking recipes on it every few dozen steps would be model selection on the test set."""
 
     def callback(step: int, model, logs) -> dict[str, float]:
-        fake = model.sample(len(test_feats), generator=torch.Generator().manual_seed(seed))
-        return {"fd": frechet_distance(extract_features(extractor, fake), test_feats)}
+        fake = model.sample(n, generator=torch.Generator().manual_seed(seed))
+        return fd_to_reference(fake, dataset, size, seed=seed)
 
     return callback
 
 
 def train_and_score(
-    config: GANConfig, train: Arrays, test: Arrays, extractor: torch.nn.Module,
-    fit_config: FitConfig, *, seed: int = 0, batch_size: int = 64, eval_every: int = 0,
-    n_eval: int = 1000, device: torch.device | str = "cpu", judge: torch.nn.Module | None = None,
-    progress: bool = False,
+    config: GANConfig, train: Arrays, fit_config: FitConfig, *, seed: int = 0, batch_size: int = 64,
+    eval_every: int = 0, n_eval: int = 1000, device: torch.device | str = "cpu",
+    judge: torch.nn.Module | None = None, progress: bool = False,
 ) -> dict:
-    """Train one GAN from scratch (no checkpoints) and score it: the unit of every grid.
+    """Train one GAN from scratch (no checkpoints) on ``train`` and score it: the unit of every grid.
+
+    Scored by :func:`medgan_utils.evaluation.score_generator` (``n_eval`` fakes, against held-out
+    images of ``train``'s distribution, in the classifier's and the autoencoder's features).
 
     Returns:
-        ``{"config", "history", "stopped", "steps", "wall_s", "metrics", "class_fractions"}``;
-        a diverged run keeps its history and scores its last weights if they are finite.
+        ``{"config", "history", "stopped", "steps", "wall_s", "metrics", "class_fractions",
+        "reference"}``; a diverged run keeps its history and scores its last weights if they are
+        finite.
     """
-    callbacks = [(eval_every, fd_callback(extractor, test.tensors(), n_eval, seed))] if eval_every else []
+    callbacks = [(eval_every, fd_callback(train.name, train.size, n_eval, seed))] if eval_every else []
     t0 = time.perf_counter()
     gan, hist = train_model(config, train, replace(fit_config, on_divergence="stop", resume=False), seed=seed,
                             batch_size=batch_size, device=device, callbacks=callbacks, progress=progress)
     out = {"config": config.to_dict(), "history": hist.records, "stopped": hist.stopped,
-           "steps": hist.step, "wall_s": round(time.perf_counter() - t0, 1)}
+           "steps": hist.step, "wall_s": round(time.perf_counter() - t0, 1), "n_train": len(train)}
     fake = gan.sample(n_eval, generator=torch.Generator().manual_seed(seed + 1))
     if torch.isfinite(fake).all():
-        out["metrics"] = evaluate(extractor, fake, train.tensors(), test.tensors()[:n_eval], seed=seed,
-                                  kid_subsets=10)
+        scores = score_generator(fake, train.name, train.size, seed=seed)
+        out["reference"] = scores.pop("reference")
+        out["metrics"] = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
         if judge is not None:
             out["class_fractions"] = class_coverage(judge, fake, len(train.class_names)).tolist()
     return out
@@ -83,21 +89,25 @@ GRIDS = {"stability": stability_configs,
          "small-data": lambda base, lrs: small_data_configs(base)}  # one grid needs no learning rates
 
 
-def run_grid(which: str, train: Arrays, test: Arrays, extractor: torch.nn.Module, *,
+def run_grid(which: str, train: Arrays, judge: torch.nn.Module, *,
              lrs: Sequence[float] = (1e-4, 1e-3, 5e-3), seeds: Sequence[int] = (0, 1), steps: int = 300,
              eval_every: int = 50, n_eval: int = 600, batch_size: int = 64,
              device: torch.device | str = "cpu") -> tuple[dict, dict]:
     """One of chapter 03's grids (``which`` in :data:`GRIDS`); returns ``(runs, summary)``.
 
-    The extractor also judges class coverage. Run by ``medgan experiment stability|small-data``.
+    Every GAN trains on :func:`~medgan_utils.evaluation.generator_training_arrays` of ``train``
+    (the whole training split for PneumoniaMNIST; for BreastMNIST the half that is not the
+    evaluation reference) and is scored by :func:`train_and_score`. ``judge`` (the shipped
+    classifier) reports the class mix of the fakes. Run by ``medgan experiment stability|small-data``.
     """
     if which not in GRIDS:
         raise ValueError(f"unknown grid {which!r}; choose from {sorted(GRIDS)}")
+    part = generator_training_arrays(train)
     configs = GRIDS[which](dict(channels=train.n_channels, image_size=train.size), lrs)
-    runs = grid(configs, seeds, train=train, test=test, extractor=extractor,
+    runs = grid(configs, seeds, train=part,
                 fit_config=FitConfig(steps=steps, log_every=max(1, eval_every // 2), ckpt_every=0),
                 batch_size=batch_size, eval_every=eval_every, n_eval=n_eval, device=device,
-                judge=extractor)
+                judge=judge)
     return runs, summarize(runs)
 
 
@@ -111,22 +121,31 @@ def grid(configs: Iterable[tuple[str, GANConfig]], seeds: Sequence[int], **kwarg
             results[rk] = train_and_score(cfg, seed=seed, **kwargs)
             m = results[rk].get("metrics", {})
             print(f"   {results[rk]['stopped']} after {results[rk]['steps']} steps, "
-                  f"{results[rk]['wall_s']} s, fd_ratio={m.get('fd_ratio', float('nan')):.2f}",
+                  f"{results[rk]['wall_s']} s, fd_ratio classifier "
+                  f"{m.get('classifier_fd_ratio', float('nan')):.2f}, autoencoder "
+                  f"{m.get('autoencoder_fd_ratio', float('nan')):.2f}",
                   flush=True)
     return results
 
 
 def summarize(results: dict[str, dict], keys=("fd_ratio", "recall", "coverage", "precision")) -> dict:
-    """Mean and std over seeds of each metric, per configuration name."""
+    """Per configuration name: mean, sample std (ddof=1) and the half-width of the 95 % Student-t
+    interval over seeds (``<metric>_mean``, ``_std``, ``_ci95``; :func:`medgan_utils.stats.mean_ci`)
+    of each metric, for every ``"<space>_<metric>"`` key of the runs' metrics."""
     by_name: dict[str, list[dict]] = {}
     for rk, res in results.items():
         by_name.setdefault(split_run_key(rk)[0], []).append(res)
     out = {}
     for name, runs in by_name.items():
         row = {"diverged": sum(r["stopped"] == "diverged" for r in runs), "runs": len(runs)}
-        for k in keys:
-            vals = [r["metrics"][k] for r in runs if "metrics" in r]
+        scored = [r["metrics"] for r in runs if "metrics" in r]
+        for k in [f"{sp}_{m}" for sp in SPACES for m in keys]:
+            vals = [m[k] for m in scored if k in m]
             if vals:
-                row[f"{k}_mean"], row[f"{k}_std"] = float(np.mean(vals)), float(np.std(vals))
+                ci = mean_ci(vals)
+                row[f"{k}_mean"] = ci.mean
+                row[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                if np.isfinite(ci.half):
+                    row[f"{k}_ci95"] = ci.half
         out[name] = row
     return out

@@ -55,7 +55,7 @@ def test_cli_train(updates, tmp_path, medmnist_root, extra, per_step):
 
 def test_experiment_grid(updates, breast):
     train, test = breast
-    runs, _ = run_grid("small-data", train, test, load_extractor("breastmnist"), seeds=[0], steps=2,
+    runs, _ = run_grid("small-data", train, load_extractor("breastmnist"), seeds=[0], steps=2,
                        eval_every=0, n_eval=200)
     assert len(runs) == 4 and all(r["config"]["n_critic"] == 5 for r in runs.values())
     assert updates == {"d": 4 * 2 * 5, "g": 4 * 2}

@@ -145,3 +145,17 @@ def test_shipped_generators_rank_as_their_grids(data):
     for space in ev.SPACES:
         r = {g: s[f"{space}_fd_ratio"] for g, s in scores.items()}
         assert r["gan"] > r["wgan-gp"] > r["dcgan"], (space, r)
+
+
+def test_generators_train_on_the_part_that_is_not_the_reference(data):
+    from medgan_utils.data import load_arrays
+
+    breast = load_arrays("breastmnist", "train", 28)
+    part = ev.generator_training_arrays(breast)
+    images, _ = ev.training_part("breastmnist")
+    assert len(part) == len(images) < len(breast)  # BreastMNIST: the reference half is held out
+    assert torch.equal(part.tensors(), images)
+    pneu = load_arrays("pneumoniamnist", "train", 28)
+    assert ev.generator_training_arrays(pneu) is pneu  # reference is the validation split
+    with pytest.raises(ValueError, match="training split"):
+        ev.generator_training_arrays(load_arrays("breastmnist", "test", 28))
