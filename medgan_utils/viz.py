@@ -89,5 +89,15 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] 
     return "\n".join(lines)
 
 
-METRIC_KEYS = ("fd", "floor_fd", "fd_ratio", "heldout_fd_ratio", "kid_mean", "precision", "recall", "density",
-               "coverage", "floor_recall", "floor_coverage")
+# What a chapter records of evaluation.score_generator's output (results/<notebook>.json), for both
+# feature spaces: the headline fd_ratio with its parts, KID beside its own floor (KID is unbiased,
+# so it suits small samples, but it is not 0 for real data either), precision (fidelity), recall
+# and coverage (diversity), the test split's shift as a labelled second number, and memorization.
+_PER_SPACE = ("fd", "floor_fd", "fd_ratio", "kid_mean", "floor_kid_mean", "precision", "recall",
+              "coverage", "floor_recall")
+METRIC_KEYS = tuple(f"{space}_{m}" for space in ("classifier", "autoencoder") for m in _PER_SPACE) + (
+    "classifier_test_shift_fd", "classifier_floor_test_fd", "classifier_frac_closer_to_train",
+    "classifier_copy_frac")
+# The columns of a score table in the notebooks: FD/floor, recall and precision in each space.
+TABLE_KEYS = ("classifier_fd_ratio", "classifier_precision", "classifier_recall",
+              "autoencoder_fd_ratio", "autoencoder_precision", "autoencoder_recall")
