@@ -57,8 +57,8 @@ def real_vs_fake(real: torch.Tensor, fake: torch.Tensor, nrow: int = 8, titles=(
 
 
 def plot_history(records: Sequence[Mapping[str, float]], keys: Sequence[str] | None = None,
-                 ax=None, title: str = "", logy: bool = False):
-    """Loss curves from ``History.records`` (one line per key)."""
+                 ax=None, title: str = "", logy: bool = False, ylabel: str = "value"):
+    """Loss curves from ``History.records`` (one line per key), both axes labelled."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
     keys = keys or sorted({k for r in records for k in r} - {"step", "wall_s", "diverged"})
@@ -67,6 +67,7 @@ def plot_history(records: Sequence[Mapping[str, float]], keys: Sequence[str] | N
         if pts:
             ax.plot(*zip(*pts), label=key)
     ax.set_xlabel("generator step")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     if logy:
         ax.set_yscale("log")
@@ -101,3 +102,84 @@ METRIC_KEYS = tuple(f"{space}_{m}" for space in ("classifier", "autoencoder") fo
 # The columns of a score table in the notebooks: FD/floor, recall and precision in each space.
 TABLE_KEYS = ("classifier_fd_ratio", "classifier_precision", "classifier_recall",
               "autoencoder_fd_ratio", "autoencoder_precision", "autoencoder_recall")
+
+
+# -- samples of the same latents over training (notebook 01) ------------------------------------
+
+
+class FixedNoiseGrids:
+    """A :func:`~medgan_utils.train.fit` callback that keeps samples of the *same* latents.
+
+    Every ``every`` steps it draws ``n`` samples from the model with a private
+    ``torch.Generator`` seeded with ``seed`` (so the same ``z`` each time, and the training's
+    random stream is never touched: a run with the callback trains exactly like one without),
+    keeps them in :attr:`frames` (step -> (n, C, H, W) in [-1, 1], on the CPU) and, with
+    ``out_dir``, writes ``fixed_step_XXXXXX.png``. It returns nothing, so ``fit`` logs nothing
+    extra. Use it through :func:`fixed_noise_callback`.
+    """
+
+    def __init__(self, every: int, n: int = 16, seed: int = 0,
+                 out_dir: str | os.PathLike | None = None):
+        if every < 1 or n < 1:
+            raise ValueError(f"every and n must be >= 1, got every={every}, n={n}")
+        self.every, self.n, self.seed = every, n, seed
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.frames: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def samples(self, model) -> torch.Tensor:
+        """``n`` samples of the fixed latents: ``model.sample`` if it has one, else its first visual."""
+        g = torch.Generator().manual_seed(self.seed)
+        if callable(getattr(model, "sample", None)):
+            return model.sample(self.n, generator=g).detach().cpu()
+        return next(iter(model.visuals(generator=g).values()))[: self.n].detach().cpu()
+
+    def __call__(self, step: int, model, logs: Mapping[str, float] | None = None) -> None:
+        self.frames[step] = self.samples(model)
+        if self.out_dir is not None:
+            save_image_grid(self.frames[step], self.out_dir / f"fixed_step_{step:06d}.png",
+                            nrow=int(np.ceil(np.sqrt(self.n))))
+
+    def callback(self) -> tuple[int, FixedNoiseGrids]:
+        """The ``(every, fn)`` pair ``fit(callbacks=[...])`` takes."""
+        return self.every, self
+
+
+def fixed_noise_callback(every: int, n: int = 16, seed: int = 0, model=None,
+                         out_dir: str | os.PathLike | None = None) -> FixedNoiseGrids:
+    """Grids of the same ``n`` latents every ``every`` steps of ``fit``; with ``model`` the
+    untrained generator is recorded as step 0 right away.
+
+    Example::
+
+        grids = fixed_noise_callback(every=100, n=16, model=gan)
+        fit(gan, loader, FitConfig(steps=800), callbacks=[grids.callback()])
+        show_fixed_noise(grids.frames)
+    """
+    grids = FixedNoiseGrids(every, n, seed, out_dir)
+    if model is not None:
+        grids(0, model)
+    return grids
+
+
+def show_fixed_noise(frames: Mapping[int, torch.Tensor], axes=None, label: str = "fixed z",
+                     nrow: int | None = None, max_frames: int = 9):
+    """A strip of grids, one per recorded step (at most ``max_frames``, evenly spaced, always the
+    first and the last), each labelled ``step N`` under it; ``label`` names the row."""
+    steps = sorted(frames)
+    if len(steps) > max_frames:
+        idx = np.unique(np.linspace(0, len(steps) - 1, max_frames).round().astype(int))
+        steps = [steps[i] for i in idx]
+    if axes is None:
+        _, axes = plt.subplots(1, len(steps), figsize=(1.6 * len(steps), 1.9))
+    axes = np.atleast_1d(axes)
+    for ax, s in zip(axes, steps):
+        x = frames[s]
+        ax.imshow(grid(x, nrow or int(np.ceil(np.sqrt(len(x))))), cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"step {s}", fontsize=8)
+    for ax in axes[len(steps):]:
+        ax.axis("off")
+    axes[0].set_ylabel(label, fontsize=8)
+    return axes
