@@ -512,6 +512,11 @@ NOISE_SIGMAS = (0.1, 0.3)
 BLUR_SIGMAS = (0.6, 1.2)
 DOWNUP_FACTORS = (2, 4)
 SHIFTS = (0.1, 0.3)
+# Pairs (milder, harsher) of battery sets that a trustworthy feature space scores in this order
+# (asserted in tests/test_evaluation.py, shown in notebook 03).
+BATTERY_ORDER = tuple((f"{fam}_{a:g}", f"{fam}_{b:g}") for fam, (a, b) in
+                      (("noise", NOISE_SIGMAS), ("blur", BLUR_SIGMAS), ("downup", DOWNUP_FACTORS),
+                       ("shift", SHIFTS)))
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -661,3 +666,138 @@ def reference_table(
                 row.update({g: frechet_distance(f, ref) for g, f in fake_f.items()})
             rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Per class: is every class as diverse as its real images? (issue #8, chapter 04)
+# ----------------------------------------------------------------------------------------------
+
+__all__ += ["classifier_labels", "reference_labels", "score_per_class"]
+
+
+def reference_labels(dataset: str, size: int = 28) -> np.ndarray:
+    """Labels (N,) of :func:`reference_split`'s images, in the same order."""
+    p = _plan(dataset, size)
+    labels = _arrays(dataset, p.ref_split, size).labels
+    return labels if p.ref_idx is None else labels[p.ref_idx]
+
+
+def classifier_labels(fake_images: torch.Tensor, dataset: str, size: int = 28) -> np.ndarray:
+    """Labels (M,) for images of an unconditional generator: the argmax of the shipped classifier
+    (:func:`medgan_utils.classify.load_extractor`, the network of the ``"classifier"`` space).
+
+    Args:
+        fake_images: (M, C, H, W) in [-1, 1].
+    """
+    from .classify import predict_proba
+
+    net, _ = feature_space("classifier", dataset, size)
+    x = fake_images.detach().float().cpu().contiguous(memory_format=torch.channels_last)
+    return predict_proba(net, x).argmax(1)
+
+
+def _class_distribution(ref: torch.Tensor, x: torch.Tensor, seed: int, kid_subsets: int,
+                        k: int) -> dict[str, float]:
+    # No FD: with 42-400 images of 64-128 features its covariance is rank-deficient (the reason
+    # this function exists). KID is unbiased at any n; recall and coverage measure diversity.
+    out = prdc(ref, x, k=k)
+    if kid_subsets:
+        out["kid_mean"], out["kid_std"] = kid(ref, x, subsets=kid_subsets, seed=seed)
+    return out
+
+
+def score_per_class(
+    fake_images: torch.Tensor,
+    fake_labels: np.ndarray | torch.Tensor | None,
+    dataset: str,
+    size: int = 28,
+    *,
+    spaces: Sequence[str] = SPACES,
+    n: int | None = None,
+    seed: int = 0,
+    kid_subsets: int = 10,
+    k: int = 5,
+) -> dict[str, Any]:
+    """Score a generator class by class: fakes of class c against the reference images of class c.
+
+    For each class c and feature space: precision, recall, density and coverage (Kynkaanniemi et
+    al.; Naeem et al.) and KID, each beside its **floor**: as many training-part images of class
+    c (true labels; mean of ``FLOOR_DRAWS`` seeded draws) against the same reference images of
+    class c. Recall and coverage near their floors mean the class is as diverse as real images
+    of it; a generator that draws one prototype per class has recall near 0 there. FD is not
+    computed: a class of the reference has 42-400 images, fewer than or close to the 64-128
+    features, so its covariance is rank-deficient (KID is unbiased at any n).
+
+    Equal n: per class, fakes and floor use ``n_c = min(fakes of c, training-part images of c,
+    n)`` images, since recall and coverage depend on the number of fakes (their k-NN balls shrink
+    as the set grows: a diverse set covers more, a narrow one can cover less). Compare two
+    generators at the same ``n`` (give each at least ``n`` fakes per class).
+
+    Args:
+        fake_images: generated images (M, C, H, W) in [-1, 1].
+        fake_labels: (M,) class of each fake: the conditioning label of a conditional
+            generator; None for an unconditional one, whose fakes are then labelled by the shipped
+            classifier (:func:`classifier_labels`). Caveat: in the ``"classifier"`` space those
+            labels come from the very network whose features are compared, which flatters an
+            unconditional generator a little there; the ``"autoencoder"`` space is label-free.
+        dataset: the MedMNIST flag the generator was trained on.
+        size: image side in px.
+        spaces: feature spaces, any of ``("classifier", "autoencoder")``.
+        n: at most this many images per class (fakes and floor alike).
+        seed: seeds subsets, KID draws and the floor's draws.
+        kid_subsets: KID subsets (0: skip KID).
+        k: neighbourhood size of precision/recall/density/coverage.
+
+    Returns:
+        ``{"reference": sentence, "labels": "conditioning" or "classifier", "classes": {name:
+        row}}`` where ``name`` is the class's name (its index if the data set has none) and
+        ``row`` holds ``n``, ``n_ref``, ``share`` (fraction of the fakes with that label) and, per
+        space, ``<space>_<metric>`` and ``<space>_floor_<metric>`` for ``precision, recall,
+        density, coverage, kid_mean, kid_std`` and ``<space>_recall_ratio`` (recall / floor).
+
+    Raises:
+        ValueError: images not (M, C, H, W), labels of another length, or a class with at most
+            ``k`` images among the fakes, the training part or the reference.
+    """
+    if fake_images.ndim != 4:
+        raise ValueError(f"fake_images must be (M, C, H, W) in [-1, 1], got {tuple(fake_images.shape)}")
+    fake_images = fake_images.detach().float().cpu()
+    source = "conditioning" if fake_labels is not None else "classifier"
+    labels = (classifier_labels(fake_images, dataset, size) if fake_labels is None
+              else np.asarray(torch.as_tensor(fake_labels).cpu()).reshape(-1))
+    if len(labels) != len(fake_images):
+        raise ValueError(f"{len(labels)} labels for {len(fake_images)} images")
+    p = _plan(dataset, size)
+    ref_y, part_y = reference_labels(dataset, size), _arrays(dataset, "train", size).labels[p.train_idx]
+    names = _class_names(dataset, size)
+    rows: dict[str, dict[str, float]] = {}
+    for c in sorted(set(np.unique(ref_y).tolist())):
+        n_c = min(int((labels == c).sum()), int((part_y == c).sum()), n or len(labels))
+        n_ref = int((ref_y == c).sum())
+        if min(n_c, n_ref) <= k:
+            raise ValueError(f"class {names.get(c, c)!r}: {int((labels == c).sum())} fakes, "
+                             f"{int((part_y == c).sum())} training-part and {n_ref} reference images; "
+                             f"each must exceed k={k}: generate more images of it")
+        row: dict[str, float] = {"n": float(n_c), "n_ref": float(n_ref), "share": float((labels == c).mean())}
+        for space in spaces:
+            net, key = feature_space(space, dataset, size)
+            s = _sets(space, dataset, size)
+            ref = s["ref"][torch.from_numpy(ref_y == c)]
+            fake = _subset_rows(_features(net, fake_images[torch.from_numpy(labels == c)]), n_c, seed)
+            got = _class_distribution(ref, fake, seed, kid_subsets, k)
+            mem_key = ("class_floor", space, key, dataset, size, c, n_c, seed, kid_subsets, k)
+            if mem_key not in _MEMORY:
+                part = s["train_part"][torch.from_numpy(part_y == c)]
+                draws = [_class_distribution(ref, _subset_rows(part, n_c, seed + i), seed, kid_subsets, k)
+                         for i in range(FLOOR_DRAWS if n_c < part.shape[0] else 1)]
+                _MEMORY[mem_key] = {m: float(np.mean([d[m] for d in draws])) for m in draws[0]}
+            floor = _MEMORY[mem_key]
+            row.update({f"{space}_{m}": v for m, v in got.items()})
+            row.update({f"{space}_floor_{m}": v for m, v in floor.items()})
+            row[f"{space}_recall_ratio"] = got["recall"] / floor["recall"] if floor["recall"] > 0 else float("nan")
+        rows[str(names.get(c, c))] = row
+    return {"reference": p.description, "labels": source, "classes": rows}
+
+
+def _class_names(dataset: str, size: int) -> dict[int, str]:
+    return {int(i): str(v) for i, v in _arrays(dataset, "train", size).class_names.items()}

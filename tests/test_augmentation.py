@@ -238,3 +238,46 @@ def test_classifier_weights_do_not_depend_on_the_cpu_thread_count(breast):
         torch.set_num_threads(threads)
     for name, w in weights[0].items():
         assert torch.equal(w, weights[1][name]), name
+
+
+def test_resummarize_rewrites_only_the_metrics_from_the_per_seed_runs(tmp_path):
+    runs = {"0.1": {
+        "real": [{"seed": s, "auc": a, "acc": 0.5} for s, a in enumerate([0.70, 0.80, 0.75])],
+        "real+classic": [{"seed": s, "auc": a, "acc": 0.6} for s, a in enumerate([0.74, 0.82, 0.80])],
+        "synthetic": [{"seed": s, "auc": a, "acc": 0.5} for s, a in enumerate([0.60, 0.70, 0.65])],
+    }}
+    diff = np.array([0.04, 0.02, 0.05])
+    gain = aug.summarize_arms(runs)["0.1/real+classic/auc_gain_mean"]
+    assert gain == pytest.approx(diff.mean())
+    stale = {"0.1/real+classic/auc_gain_mean": gain,  # with a 1.96 interval, as first stored
+             "0.1/real+classic/auc_gain_ci95": 1.96 * diff.std(ddof=1) / math.sqrt(3), "0.1/old_key": 1.0}
+    rec = {"notebook": "04_augmentation_x", "params": {"seeds": [0, 1, 2]}, "commit": "abc1234",
+           "wall_s": 12.0, "metrics": stale,
+           "extra": {"per_fraction": runs, "command": "medgan experiment augmentation", "note": "kept"}}
+    path = tmp_path / "04_augmentation_x.json"
+    path.write_text(json.dumps(rec))
+    assert aug.resummarize("04_augmentation_x", root=tmp_path) == path
+    new = json.loads(path.read_text())
+    assert new["metrics"] == pytest.approx(aug.summarize_arms(runs))
+    # Student's t at 2 degrees of freedom: 4.303 / 1.96 = 2.2x the stored half-width.
+    assert new["metrics"]["0.1/real+classic/auc_gain_ci95"] == pytest.approx(
+        4.303 / 1.96 * stale["0.1/real+classic/auc_gain_ci95"], rel=1e-3)
+    # Everything but the metrics is kept; the note says who re-summarized, why, and what was there.
+    assert {k: v for k, v in new.items() if k not in ("metrics", "extra")} == {
+        k: v for k, v in rec.items() if k not in ("metrics", "extra")}
+    assert {k: v for k, v in new["extra"].items() if k != "resummarized"} == rec["extra"]
+    note = new["extra"]["resummarized"]
+    assert note["commit"] and "Student" in note["reason"] and note["runs_commit"] == "abc1234"
+    assert note["changed"]["0.1/old_key"] == [1.0, None]
+    assert note["changed"]["0.1/real+classic/auc_gain_ci95"][0] == stale["0.1/real+classic/auc_gain_ci95"]
+    assert "0.1/real+classic/auc_gain_mean" not in note["changed"]  # unchanged values are not listed
+    # A second run changes nothing, the first-stored values stay in the note.
+    before = path.read_text()
+    aug.resummarize("04_augmentation_x", root=tmp_path)
+    assert path.read_text() == before
+    # Not a study file / no file: say so.
+    (tmp_path / "plain.json").write_text(json.dumps({"metrics": {}, "extra": {}}))
+    with pytest.raises(ValueError, match="per_fraction"):
+        aug.resummarize("plain", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="experiment augmentation"):
+        aug.resummarize("missing", root=tmp_path)

@@ -66,8 +66,10 @@ class GANConfig:
             a class head on D's features, trained by cross-entropy on *real* images only, and a
             generator term ``aux_weight * CE(head(G(z, y)), y)`` that rewards fakes the head
             assigns to their label. It makes samples more class-faithful (chapter 04), at some
-            cost in diversity. Training the head on reals only avoids AC-GAN's known pull
-            towards easy-to-classify fakes from the discriminator side.
+            cost in diversity. Training the head on reals only keeps fakes out of the head's own
+            training (D is not taught to call fakes easy); the generator's term still pulls
+            towards easy-to-classify fakes, AC-GAN's known loss of diversity (measured per class
+            in chapter 04).
     """
 
     arch: str = "dcgan"
