@@ -29,6 +29,11 @@ def _f(v, d=3) -> str:
     return "n/a" if v is None else f"{v:.{d}f}"
 
 
+def _sig(v, n=2) -> str:
+    """``n`` significant figures, no exponent: the classifier's FD ratios are known to about that."""
+    return "n/a" if v is None else f"{float(f'{v:.{n}g}'):g}"
+
+
 SPACES = ("classifier", "autoencoder")
 
 
@@ -45,15 +50,19 @@ def _separate(a: dict, b: dict, metric: str) -> bool:
     return lo[f"{metric}_mean"] + lo[f"{metric}_ci95"] < hi[f"{metric}_mean"] - hi[f"{metric}_ci95"]
 
 
-def _compare(rows: dict, a: str, b: str, metric: str, names=None) -> str:
-    """A sentence fragment comparing two configurations on ``metric`` (lower is better)."""
+def _compare(rows: dict, a: str, b: str, metric: str, names=None, lower_is_better: bool = True) -> str:
+    """A sentence fragment comparing two configurations on ``metric``."""
     ra, rb = rows[a], rows[b]
     na, nb = names or (a, b)
     if f"{metric}_mean" not in ra or f"{metric}_mean" not in rb:
         return f"{na} vs {nb}: n/a"
-    better = na if ra[f"{metric}_mean"] < rb[f"{metric}_mean"] else nb
-    how = "intervals separate" if _separate(ra, rb, metric) else "intervals overlap, no difference shown"
-    return f"{better} lower ({how})"
+    first = na if ra[f"{metric}_mean"] < rb[f"{metric}_mean"] else nb
+    if not lower_is_better:
+        first = nb if first == na else na
+    word = "lower" if lower_is_better else "higher"
+    if _separate(ra, rb, metric):
+        return f"**{first} {word}** (intervals separate)"
+    return f"{first} {word} (intervals overlap, no difference shown)"
 
 
 def _generators(out: list[str]) -> None:
@@ -68,8 +77,8 @@ def _generators(out: list[str]) -> None:
         if g("classifier_fd_ratio") is None:
             continue
         reference = reference or r.get("extra", {}).get("reference")
-        rows.append(f"| {label} | {_f(g('classifier_fd_ratio'), 1)} | {_f(g('classifier_precision'), 2)} | "
-                    f"{_f(g('classifier_recall'), 2)} | {_f(g('autoencoder_fd_ratio'), 1)} | "
+        rows.append(f"| {label} | {_sig(g('classifier_fd_ratio'))} | {_f(g('classifier_precision'), 2)} | "
+                    f"{_f(g('classifier_recall'), 2)} | {_sig(g('autoencoder_fd_ratio'))} | "
                     f"{_f(g('autoencoder_recall'), 2)} | {_f(g('classifier_test_shift_fd'), 2)} "
                     f"({_f(g('classifier_floor_test_fd'), 2)}) | {_f(g('classifier_copy_frac'), 3)} | "
                     f"`{nb}` @ {r['commit']} |")
@@ -141,12 +150,14 @@ def _grid(out: list[str], name: str, title: str, pairs) -> None:
     lines = [f"| {n} | {int(r.get('diverged', 0))} / {int(r.get('runs', 0))} | {_pm(r, 'classifier_fd_ratio', 1)} | "
              f"{_pm(r, 'classifier_recall')} | {_pm(r, 'autoencoder_fd_ratio', 1)} | {_pm(r, 'autoencoder_recall')} |"
              for n, r in rows.items()]
-    verdicts = [f"{label}: classifier {_compare(rows, a, b, 'classifier_fd_ratio', names)}, autoencoder "
-                f"{_compare(rows, a, b, 'autoencoder_fd_ratio', names)}"
+    verdicts = [f"{label}: FD / floor, classifier {_compare(rows, a, b, 'classifier_fd_ratio', names)}, autoencoder "
+                f"{_compare(rows, a, b, 'autoencoder_fd_ratio', names)}; recall, classifier "
+                f"{_compare(rows, a, b, 'classifier_recall', names, False)}, autoencoder "
+                f"{_compare(rows, a, b, 'autoencoder_recall', names, False)}"
                 for label, a, b, names in pairs if a in rows and b in rows]
     out += [f"**{title}** (`{st['extra']['command']}`, commit {st['commit']}; mean ± 95 % t-interval over seeds):", "",
             "| configuration | diverged | FD / floor (classifier) | recall | FD / floor (autoencoder) | recall (autoencoder) |",
-            "|---|---|---|---|---|---|", *lines, "", "FD / floor, " + "; ".join(verdicts) + ".", ""]
+            "|---|---|---|---|---|---|", *lines, "", "; ".join(verdicts) + ".", ""]
 
 
 def _augmentation(out: list[str]) -> None:
@@ -168,12 +179,16 @@ def _augmentation(out: list[str]) -> None:
                 gain, half = m[key(0.1, arm, "auc_gain_mean")], m.get(key(0.1, arm, "auc_gain_ci95"), float("nan"))
                 zero = "includes 0" if abs(gain) <= half else "excludes 0"
                 bits.append(f"{arm} vs real at 10 %: {100 * gain:+.1f} pp (95 % t-CI ± {100 * half:.1f}, {zero})")
+        tested = [(frac, arm) for frac in heads(m, "real/auc_mean") for arm in ("real+classic", "real+syn1:1", "real+syn1:2")
+                  if key(frac, arm, "auc_gain_ci95") in m]
         sure = [f"{arm} at {float(frac):.0%} ({100 * m[key(frac, arm, 'auc_gain_mean')]:+.1f} ± "
                 f"{100 * m[key(frac, arm, 'auc_gain_ci95')]:.1f} pp)"
                 for frac in heads(m, "real/auc_mean") for arm in ("real+classic", "real+syn1:1", "real+syn1:2")
                 if key(frac, arm, "auc_gain_ci95") in m
                 and abs(m[key(frac, arm, "auc_gain_mean")]) > m[key(frac, arm, "auc_gain_ci95")]]
-        bits.append("gains whose interval excludes 0, at any fraction: " + (", ".join(sure) if sure else "none"))
+        bits.append(f"gains whose interval excludes 0, at any fraction: {len(sure)} of {len(tested)} intervals"
+                    + (f" ({', '.join(sure)})" if sure else "")
+                    + f", against {0.05 * len(tested):.1f} expected by chance alone at the 5 % level")
         out += [f"**Augmentation, {ds}** (`{part['command']}`, commit {part['commit']}, "
                 f"results/04_augmentation.json; intervals over classifier seeds, subset and GAN fixed): "
                 + "; ".join(bits) + ".", ""]
