@@ -132,11 +132,16 @@ def _yardstick(out: list[str], m: dict, commit: str) -> None:
                 "order of severity" + (f"; the weakest signal is the one-class set in {weakest} "
                                        f"({_f(one[weakest], 2)}x the floor)" if weakest else "") + ".", ""]
     shipped = under(m, "shipped")
-    if shipped:
-        order = {s: sorted(groups(shipped), key=lambda g: shipped[key(g, f"{s}_fd_ratio")]) for s in SPACES}
-        out += [f"**Ranking of the shipped generators**, best first: classifier space {' > '.join(order['classifier'])}; "
-                f"autoencoder space {' > '.join(order['autoencoder'])}"
-                + (" (the spaces agree)." if order["classifier"] == order["autoencoder"] else " (the spaces disagree)."), ""]
+    order = {}
+    for ds in ("pneumoniamnist", "breastmnist"):
+        sh = under(shipped, ds)
+        for s in SPACES:
+            if sh:
+                order[f"{ds}, {s} space"] = sorted(groups(sh), key=lambda g: sh[key(g, f"{s}_fd_ratio")])
+    if order:
+        out += ["**Ranking of the shipped generators** by FD / floor, best first: "
+                + "; ".join(f"{k}: {' > '.join(v)}" for k, v in order.items())
+                + (" (all agree)." if len({tuple(v) for v in order.values()}) == 1 else " (they do not all agree)."), ""]
 
 
 def _grid(out: list[str], name: str, title: str, pairs) -> None:

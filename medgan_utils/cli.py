@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         _data_args(pp)
         pp.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
         pp.add_argument("--conditional", action="store_true", help="class-conditional G and D (chapter 04)")
+        pp.add_argument("--holdout-reference", action="store_true",
+                        help="train only on the training images that `medgan evaluate` does not use as its "
+                             "reference (BreastMNIST: the half that is not the reference; a no-op where the "
+                             "reference is the validation split), so the judgement is on unseen images")
         pp.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>_<dataset>)")
         pp.add_argument("--export", type=Path, default=None,
                         help="also write the shippable model here (default: OUT/<name>.safetensors)")
@@ -246,6 +250,11 @@ def cmd_train(ns) -> int:
     device = _setup(ns)
     kind, preset = registry.presets()[ns.preset]
     train = load_arrays(ns.dataset, "train", ns.size, ns.root)
+    n_split = len(train)
+    if ns.holdout_reference:
+        from .evaluation import generator_training_arrays
+
+        train = generator_training_arrays(train)
     cfg = kind.config(preset, train, ns.conditional,
                       **{k: v for k, v in _pick(ns, kind.config_cls).items() if k not in FROM_DATA})
     fcfg = FitConfig(**_pick(ns, FitConfig))
@@ -253,7 +262,10 @@ def cmd_train(ns) -> int:
     out = ns.out or Path("runs") / name
     print(json.dumps({"kind": kind.name, "config": cfg.to_dict(), "fit": dataclasses.asdict(fcfg),
                       "dataset": ns.dataset, "device": str(device), "out": str(out)}, indent=1))
-    facts = {"dataset": ns.dataset, "size": ns.size, "seed": ns.seed, "batch_size": ns.batch_size}
+    facts = {"dataset": ns.dataset, "size": ns.size, "seed": ns.seed, "batch_size": ns.batch_size,
+             "n_train": len(train), "train_part": ("all of train" if len(train) == n_split else
+                                                   "train minus the evaluation reference (--holdout-reference)"),
+             "command": "medgan " + " ".join(sys.argv[1:])}
     model, hist = train_model(cfg, train, fcfg, seed=ns.seed, batch_size=ns.batch_size, device=device,
                               out_dir=out, facts=facts)
     path = ns.export or out / f"{name}.safetensors"

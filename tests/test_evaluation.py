@@ -137,13 +137,18 @@ def test_feature_cache_roundtrip(data, tmp_path, monkeypatch):
     ev.clear_cache()
 
 
-def test_shipped_generators_rank_as_their_grids(data):
-    fakes = {g: ev.sample_shipped(f"{g}_pneumoniamnist_28", 1000, seed=0)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_shipped_generators_rank_as_their_grids(data, dataset):
+    fakes = {g: ev.sample_shipped(f"{g}_{dataset}_28", 1000, seed=0)
              for g in ("gan", "dcgan", "wgan-gp")}
-    scores = {g: ev.score_generator(x, "pneumoniamnist", kid_subsets=0) for g, x in fakes.items()}
+    scores = {g: ev.score_generator(x, dataset, kid_subsets=0) for g, x in fakes.items()}
     for space in ev.SPACES:
         r = {g: s[f"{space}_fd_ratio"] for g, s in scores.items()}
-        assert r["gan"] > r["wgan-gp"] > r["dcgan"], (space, r)
+        assert r["gan"] > 2 * max(r["dcgan"], r["wgan-gp"]), (space, r)  # the MLP GAN is far worst
+        if dataset == "pneumoniamnist":
+            assert r["wgan-gp"] > r["dcgan"], (space, r)  # its grids are blotchier (issue #8)
+    # BreastMNIST (272 training images, --holdout-reference): DCGAN and WGAN-GP are within one
+    # another's draw-to-draw spread in both spaces (chapter 03 shows it), so no order is asserted.
 
 
 def test_generators_train_on_the_part_that_is_not_the_reference(data):
