@@ -86,7 +86,14 @@ def train_model(
 
 
 def export(model: Any, path: str | os.PathLike, history: History | None = None, **facts: Any) -> Path:
-    """Write the networks ``model``'s kind ships + kind, config and facts; the history beside it."""
+    """Write the networks ``model``'s kind ships + kind, config and facts; the history beside it.
+
+    The header also records ``machine`` (instruction set, CPU, torch threads: :func:`utils.machine`)
+    unless ``facts`` give it: every course command exports right after training, so a quoted
+    training time comes with the thread count it was measured at."""
+    from .utils import machine
+
+    facts.setdefault("machine", machine())
     path = Path(path)
     kind = kind_of(model.config)
     save_checkpoint(path, kind.export_modules(model),

@@ -238,6 +238,8 @@ def test_export_load_and_load_or_train_serve_any_kind(toy_kinds, tmp_path, medmn
     path = export(model, tmp_path / "g.safetensors", hist, dataset="breastmnist")
     again, meta = load(path)
     assert torch.equal(again.net.mean, model.net.mean) and meta["dataset"] == "breastmnist"
+    # A quoted training time comes with the threads it was measured at.
+    assert meta["machine"]["torch_threads"] >= 1 and meta["machine"]["cpu_capability"]
 
     monkeypatch.setattr("medgan_utils.pretrained.CHECKPOINT_DIR", tmp_path)
     monkeypatch.setattr("medgan_utils.pretrained.RUNS_DIR", tmp_path / "runs")
