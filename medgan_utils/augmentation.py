@@ -173,8 +173,7 @@ def summarize_arms(per_fraction: dict[str, dict[str, list[dict]]]) -> dict[str, 
             for stat in ("auc", "acc"):
                 ci = mean_ci([r[stat] for r in runs])
                 flat[key(frac, arm, f"{stat}_mean")] = ci.mean
-                flat[key(frac, arm, f"{stat}_std")] = (float(np.std([r[stat] for r in runs], ddof=1))
-                                                      if ci.n > 1 else 0.0)
+                flat[key(frac, arm, f"{stat}_std")] = ci.sd if ci.n > 1 else 0.0
                 if math.isfinite(ci.half):
                     flat[key(frac, arm, f"{stat}_ci95")] = ci.half
         if "real" in arms:

@@ -372,9 +372,10 @@ def _subset_rows(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
 
 
-def _distribution(ref: torch.Tensor, x: torch.Tensor, seed: int, kid_subsets: int, k: int
-                  ) -> dict[str, float]:
-    out = {"fd": frechet_distance(x, ref)}
+def _distribution(ref: torch.Tensor, x: torch.Tensor, seed: int, kid_subsets: int, k: int,
+                  fd: bool = True) -> dict[str, float]:
+    # fd=False for a class of a few dozen images: FD's covariance would be rank-deficient there.
+    out = {"fd": frechet_distance(x, ref)} if fd else {}
     if kid_subsets:
         out["kid_mean"], out["kid_std"] = kid(ref, x, subsets=kid_subsets, seed=seed)
     out.update(prdc(ref, x, k=k))
@@ -387,6 +388,13 @@ def _distribution(ref: torch.Tensor, x: torch.Tensor, seed: int, kid_subsets: in
 FLOOR_DRAWS = 5
 
 
+def _floor_draws(part: torch.Tensor, n: int, seed: int, score) -> tuple[dict[str, float], list[dict]]:
+    """``score`` of ``FLOOR_DRAWS`` seeded n-image draws of ``part`` (one when n is all of it):
+    the mean of each metric, and the draws."""
+    draws = [score(_subset_rows(part, n, seed + i)) for i in range(FLOOR_DRAWS if n < part.shape[0] else 1)]
+    return {m: float(np.mean([d[m] for d in draws])) for m in draws[0]}, draws
+
+
 def _floor(space: str, dataset: str, size: int, n: int, seed: int, kid_subsets: int, k: int
            ) -> dict[str, float]:
     """The floor at n: n images of the training part vs the reference, mean of ``FLOOR_DRAWS``
@@ -395,13 +403,12 @@ def _floor(space: str, dataset: str, size: int, n: int, seed: int, kid_subsets: 
     mem_key = ("floor", space, key, dataset, size, n, seed, kid_subsets, k)
     if mem_key not in _MEMORY:
         s = _sets(space, dataset, size)
-        draws = []
-        for i in range(FLOOR_DRAWS if n < s["train_part"].shape[0] else 1):
-            real = _subset_rows(s["train_part"], n, seed + i)
-            one = _distribution(s["ref"], real, seed, kid_subsets, k)
-            one["test_fd"] = frechet_distance(real, s["test"])
-            draws.append(one)
-        out = {key: float(np.mean([d[key] for d in draws])) for key in draws[0]}
+
+        def score(real: torch.Tensor) -> dict[str, float]:
+            return {**_distribution(s["ref"], real, seed, kid_subsets, k),
+                    "test_fd": frechet_distance(real, s["test"])}
+
+        out, draws = _floor_draws(s["train_part"], n, seed, score)
         out["fd_std"] = float(np.std([d["fd"] for d in draws], ddof=1)) if len(draws) > 1 else 0.0
         _MEMORY[mem_key] = out
     return _MEMORY[mem_key]
@@ -696,16 +703,6 @@ def classifier_labels(fake_images: torch.Tensor, dataset: str, size: int = 28) -
     return predict_proba(net, x).argmax(1)
 
 
-def _class_distribution(ref: torch.Tensor, x: torch.Tensor, seed: int, kid_subsets: int,
-                        k: int) -> dict[str, float]:
-    # No FD: with 42-400 images of 64-128 features its covariance is rank-deficient (the reason
-    # this function exists). KID is unbiased at any n; recall and coverage measure diversity.
-    out = prdc(ref, x, k=k)
-    if kid_subsets:
-        out["kid_mean"], out["kid_std"] = kid(ref, x, subsets=kid_subsets, seed=seed)
-    return out
-
-
 def score_per_class(
     fake_images: torch.Tensor,
     fake_labels: np.ndarray | torch.Tensor | None,
@@ -784,13 +781,13 @@ def score_per_class(
             s = _sets(space, dataset, size)
             ref = s["ref"][torch.from_numpy(ref_y == c)]
             fake = _subset_rows(_features(net, fake_images[torch.from_numpy(labels == c)]), n_c, seed)
-            got = _class_distribution(ref, fake, seed, kid_subsets, k)
+            # No FD per class: 42-400 images of 64-128 features give a rank-deficient covariance.
+            got = _distribution(ref, fake, seed, kid_subsets, k, fd=False)
             mem_key = ("class_floor", space, key, dataset, size, c, n_c, seed, kid_subsets, k)
             if mem_key not in _MEMORY:
                 part = s["train_part"][torch.from_numpy(part_y == c)]
-                draws = [_class_distribution(ref, _subset_rows(part, n_c, seed + i), seed, kid_subsets, k)
-                         for i in range(FLOOR_DRAWS if n_c < part.shape[0] else 1)]
-                _MEMORY[mem_key] = {m: float(np.mean([d[m] for d in draws])) for m in draws[0]}
+                _MEMORY[mem_key] = _floor_draws(
+                    part, n_c, seed, lambda x, ref=ref: _distribution(ref, x, seed, kid_subsets, k, fd=False))[0]
             floor = _MEMORY[mem_key]
             row.update({f"{space}_{m}": v for m, v in got.items()})
             row.update({f"{space}_floor_{m}": v for m, v in floor.items()})

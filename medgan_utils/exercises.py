@@ -33,7 +33,7 @@ from torch import nn
 
 from .models import losses
 from .models.gan import GAN, GANConfig
-from .models.nets import MLPDiscriminator, MLPGenerator
+from .models.nets import MLPDiscriminator, MLPGenerator, projection_score
 
 __all__ = [
     "check_g_step", "check_gradient_penalty", "check_projection_output", "check_tstr",
@@ -277,23 +277,8 @@ def check_gradient_penalty(gradient_penalty: Callable, *, seed: int = 0, verbose
 # ----------------------------------------------------------------------------------------------
 
 
-def reference_projection_output(h: torch.Tensor, y: torch.Tensor, head: nn.Linear,
-                                embed: nn.Embedding) -> torch.Tensor:
-    """A projection discriminator's score (Miyato & Koyama 2018): ``psi(h) + <embed(y), h>``.
-
-    What the conditional discriminators of :mod:`medgan_utils.models.nets` compute after their
-    body (``_ProjectionDiscriminator.forward``).
-
-    Args:
-        h: features (B, F) of the images (the discriminator's body).
-        y: labels (B,) int64.
-        head: the unconditional score ``psi``, ``nn.Linear(F, 1)``.
-        embed: the class embedding ``V``, ``nn.Embedding(num_classes, F)``.
-
-    Returns:
-        Scores (B,).
-    """
-    return head(h).squeeze(1) + (embed(y) * h).sum(1)
+# The package's own function is the reference: one maintained copy of the formula.
+reference_projection_output = projection_score
 
 
 def check_projection_output(projection_output: Callable, *, seed: int = 0, verbose: bool = True) -> bool:

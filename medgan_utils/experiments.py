@@ -144,7 +144,7 @@ def summarize(results: dict[str, dict], keys=("fd_ratio", "recall", "coverage", 
             if vals:
                 ci = mean_ci(vals)
                 row[f"{k}_mean"] = ci.mean
-                row[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                row[f"{k}_std"] = ci.sd if ci.n > 1 else 0.0
                 if np.isfinite(ci.half):
                     row[f"{k}_ci95"] = ci.half
         out[name] = row

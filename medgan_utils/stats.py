@@ -40,6 +40,7 @@ class CI:
     half: float
     n: int
     level: float = 0.95
+    sd: float = float("nan")  # sample standard deviation (ddof=1); NaN for one value
 
     @property
     def lo(self) -> float:
@@ -69,8 +70,9 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> CI:
         raise ValueError("mean_ci needs at least one value")
     if not np.isfinite(x).all():
         raise ValueError(f"mean_ci got non-finite values {x.tolist()}; drop or count them first")
-    half = t_quantile(x.size, level) * x.std(ddof=1) / math.sqrt(x.size) if x.size > 1 else float("nan")
-    return CI(float(x.mean()), float(half), int(x.size), level)
+    sd = float(x.std(ddof=1)) if x.size > 1 else float("nan")
+    half = t_quantile(x.size, level) * sd / math.sqrt(x.size) if x.size > 1 else float("nan")
+    return CI(float(x.mean()), float(half), int(x.size), level, sd)
 
 
 def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> CI:

@@ -66,6 +66,15 @@ class MLPGenerator(nn.Module):
         return self.net(z).view(-1, *self.shape)
 
 
+def projection_score(h: torch.Tensor, y: torch.Tensor, head: nn.Linear, embed: nn.Embedding) -> torch.Tensor:
+    """A projection discriminator's score (Miyato & Koyama 2018): ``psi(h) + <embed(y), h>``, (B,).
+
+    ``h``: the body's features (B, F); ``y``: labels (B,); ``head``: the unconditional score
+    ``psi`` (F -> 1); ``embed``: the class embedding (F-d rows). Chapter 04's exercise checks a
+    learner's version against it (:func:`medgan_utils.exercises.check_projection_output`)."""
+    return head(h).squeeze(1) + (embed(y) * h).sum(1)
+
+
 class _ProjectionDiscriminator(nn.Module):
     """Shared forward of the discriminators: features ``h = body(x)``, score ``head(h)``, plus the
     projection ``<embed(y), h>`` when conditional. Subclasses build ``body``, ``head``, ``cond``."""
@@ -87,9 +96,7 @@ class _ProjectionDiscriminator(nn.Module):
         """Scores (B,); with ``return_aux`` also the auxiliary class logits (B, num_classes)."""
         self.cond.check(labels)
         h = self.body(x)
-        out = self.head(h).squeeze(1)
-        if self.cond.embed is not None:
-            out = out + (self.cond.embed(labels) * h).sum(1)
+        out = self.head(h).squeeze(1) if self.cond.embed is None else projection_score(h, labels, self.head, self.cond.embed)
         if return_aux:
             if self.aux is None:
                 raise ValueError("this discriminator has no auxiliary classifier (aux_weight=0)")
