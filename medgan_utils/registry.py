@@ -30,6 +30,7 @@ from torch import nn
 
 from .data import Arrays, TensorLoader
 from .models.gan import GAN, PRESETS, GANConfig
+from .models.sr import SR_PRESETS, SRConfig, SRModel
 from .train import FitConfig
 
 
@@ -226,4 +227,60 @@ register(ModelKind(
     restore_kwargs=_gan_restore,
     export_modules=lambda gan: {"G": gan.generator_for_export()},
     serve_modules=_gan_serve,
+))
+
+
+# -- chapter 05: super-resolution -------------------------------------------------------------
+
+
+def _sr_build_kwargs(data: Arrays | None, config: SRConfig) -> dict[str, Any]:
+    # Training needs the frozen encoder of the feature loss and, for SRGAN, the SRResNet it
+    # starts from; both are named in the config (paths relative to the repository).
+    from .checkpoint import load_checkpoint
+    from .superres import load_patch_encoder, resolve
+
+    kwargs: dict[str, Any] = {}
+    if config.feature_weight > 0:
+        kwargs["feature_net"] = load_patch_encoder(config.feature_net)
+    if config.init_from:
+        tensors = load_checkpoint(resolve(config.init_from))["tensors"]
+        kwargs["init_state"] = {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}
+        if not kwargs["init_state"]:
+            raise ValueError(f"{config.init_from} holds no generator 'G' to start from")
+    return kwargs
+
+
+def _sr_loader(data: Arrays, config: SRConfig, batch_size: int, device: torch.device | str,
+               seed: int) -> Iterable:
+    from .data import PairedLoader
+    from .superres import lr_images
+
+    hr = data.tensors()
+    return PairedLoader(lr_images(hr, config.scale), hr, batch_size, device, seed=seed,
+                        patch=config.patch or None)
+
+
+def _sr_pairs(images: torch.Tensor, config: SRConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .superres import lr_images
+
+    return lr_images(images, config.scale), images
+
+
+def _sr_baseline(inputs: torch.Tensor, config: SRConfig) -> torch.Tensor:
+    from .data import upsample
+
+    return upsample(inputs, config.scale, "bicubic")
+
+
+register(ModelKind(
+    "sr", SRConfig, SRModel, presets=SR_PRESETS,
+    description="super-resolution generators of chapter 05",
+    preset_help={"srresnet": "residual network trained with L1 (chapter 05)",
+                 "srgan": "SRResNet + feature loss + adversarial loss, from a trained SRResNet (chapter 05)"},
+    data_fields=lambda data, conditional: {"channels": data.n_channels},
+    build_kwargs=_sr_build_kwargs,
+    loader=_sr_loader,
+    export_modules=lambda model: {"G": model.G},
+    make_pairs=_sr_pairs,
+    baseline=_sr_baseline,
 ))

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..utils import one_cpu_thread
 
-__all__ = ["Autoencoder", "AutoencoderConfig", "AutoencoderModel"]
+__all__ = ["Autoencoder", "AutoencoderConfig", "AutoencoderModel", "PatchAutoencoder", "PatchAutoencoderConfig"]
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,79 @@ class Autoencoder(nn.Module):
         return loss(self(x), x)
 
 
+@dataclass(frozen=True)
+class PatchAutoencoderConfig:
+    """A fully convolutional autoencoder for large images (chapter 05's CT feature space).
+
+    Attributes:
+        channels: image channels.
+        width: channels of the first stage (x2 at the second and third).
+        latent_channels: channels of the 1/8-resolution bottleneck; 16 keeps a quarter of the
+            input's numbers (16 / 64), so the network must learn what matters in a slice.
+        lr, weight_decay, loss: as :class:`AutoencoderConfig`.
+    """
+
+    channels: int = 1
+    width: int = 32
+    latent_channels: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    loss: str = "mse"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PatchAutoencoder(nn.Module):
+    """(B, C, H, W) in [-1, 1], H and W divisible by 8 -> reconstructions of the same shape.
+
+    Three stride-2 stages (1/2, 1/4, 1/8 resolution) and a 1x1 bottleneck, mirrored by the
+    decoder; no batch norm and no linear layer, so it runs on patches and whole slices alike.
+    :meth:`feature_maps` (the three stages' activations) is the label-free feature space of
+    chapter 05: the content loss of SRGAN and, from a second network trained with another seed,
+    the feature distance that judges it.
+    """
+
+    def __init__(self, config: PatchAutoencoderConfig = PatchAutoencoderConfig()):
+        super().__init__()
+        self.config = c = config
+        w = c.width
+        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        self.stages = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(c.channels, w, 3, 1, 1), act(), nn.Conv2d(w, w, 4, 2, 1), act()),
+            nn.Sequential(nn.Conv2d(w, 2 * w, 4, 2, 1), act()),
+            nn.Sequential(nn.Conv2d(2 * w, 2 * w, 4, 2, 1), act()),
+        ])
+        self.bottleneck = nn.Conv2d(2 * w, c.latent_channels, 1)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(c.latent_channels, 2 * w, 3, 1, 1), act(),
+            nn.ConvTranspose2d(2 * w, 2 * w, 4, 2, 1), act(),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), act(),
+            nn.ConvTranspose2d(w, w, 4, 2, 1), act(),
+            nn.Conv2d(w, c.channels, 3, 1, 1), nn.Tanh(),
+        )
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The three stages' activations: (B, w, H/2, W/2), (B, 2w, H/4, W/4), (B, 2w, H/8, W/8)."""
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 8 or x.shape[-2] % 8:
+            raise ValueError(f"PatchAutoencoder needs sides divisible by 8, got {tuple(x.shape)}")
+        return self.decoder(self.bottleneck(self.feature_maps(x)[-1]))
+
+    def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
+        loss = F.mse_loss if self.config.loss == "mse" else F.l1_loss
+        return loss(self(x), x)
+
+
 class AutoencoderModel:
-    """Adapter that lets :func:`medgan_utils.train.fit` train an :class:`Autoencoder`.
+    """Adapter that lets :func:`medgan_utils.train.fit` train an :class:`Autoencoder` (or a
+    :class:`PatchAutoencoder`: anything with ``reconstruction_loss`` and ``config.lr``).
 
     One step = one AdamW update on the reconstruction loss of one batch, with random horizontal
     flips half the time (cheap, label-free; a flipped X-ray is still a plausible image, and the
@@ -138,7 +209,7 @@ class AutoencoderModel:
     must *see* noise and blur, which a denoising autoencoder would learn to ignore.
     """
 
-    def __init__(self, net: Autoencoder, device: torch.device | str = "cpu"):
+    def __init__(self, net: Autoencoder | PatchAutoencoder, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.net = net.to(self.device)
         c = net.config

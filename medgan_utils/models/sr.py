@@ -1,0 +1,235 @@
+"""Super-resolution: SRResNet and SRGAN (Ledig et al. 2017), one class, the loss is configuration.
+
+Generator (SRResNet, sizes for ``width`` w and ``n_blocks`` b): conv9x9 (C -> w) + PReLU; b
+residual blocks ``x + conv3x3(PReLU(conv3x3(x)))``; conv3x3 and a skip over the whole body; one
+sub-pixel x2 stage per factor of 2 of ``scale`` (MONAI's ``SubpixelUpsample``: a conv to 4w
+channels, then pixel shuffle) + PReLU; conv9x9 (w -> C). Two changes from the paper, both for
+small CPU budgets: no batch norm (EDSR, Lim et al. 2017: BN hurts SR and makes a tile's output
+depend on its batch), and the network predicts the *correction* to bicubic upsampling
+(``residual=True``: output = bicubic(x) + G(x), as VDSR, Kim et al. 2016), so a freshly built
+model starts at the bicubic baseline instead of at grey and training spends its steps on detail.
+
+Discriminator: MONAI's ``PatchDiscriminator`` with instance norm (batch norm is poor with CPU-size
+batches); its logits are the last of the feature maps it returns, one per patch.
+
+The loss (:class:`SRConfig`): ``l1_weight`` x L1 to the target, ``feature_weight`` x MSE between
+feature maps of a frozen encoder that the project trains on CT itself (a "perceptual" loss
+without ImageNet VGG, which cannot be downloaded here and has never seen a CT), and
+``adv_weight`` x the non-saturating GAN loss. SRResNet is ``l1_weight=1`` alone; SRGAN starts
+from a trained SRResNet (``init_from``) and adds the feature and adversarial terms.
+
+Introduced in ``notebooks/05_super_resolution.ipynb``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import SubpixelUpsample
+from monai.networks.nets import PatchDiscriminator
+from torch import nn
+
+from .losses import d_loss_bce, g_loss_non_saturating
+
+__all__ = ["SRConfig", "SRModel", "SRResNet", "SR_PRESETS"]
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    """Attributes:
+        channels: image channels.
+        scale: upscaling factor, a power of two (4: 128 -> 512).
+        width: feature channels of the generator (64 in the paper; 32 trains on a CPU).
+        n_blocks: residual blocks (16 in the paper).
+        residual: predict the correction to bicubic upsampling (see the module docstring).
+        patch: side of the high-resolution training patches (96 in the paper; 0 = whole images).
+        l1_weight, feature_weight, adv_weight: the terms of the generator's loss.
+        feature_net: checkpoint of the frozen encoder of the feature loss (needed when
+            ``feature_weight > 0``; loaded by the model kind, see ``medgan_utils.superres``).
+        init_from: checkpoint of a trained model whose generator this one starts from ("" =
+            random): SRGAN starts from SRResNet, as in the paper.
+        d_width: channels of the discriminator's first layer.
+        lr, lr_d: Adam learning rates of G and D; betas (0.9, 0.999) as in the paper.
+    """
+
+    channels: int = 1
+    scale: int = 4
+    width: int = 32
+    n_blocks: int = 8
+    residual: bool = True
+    patch: int = 96
+    l1_weight: float = 1.0
+    feature_weight: float = 0.0
+    adv_weight: float = 0.0
+    feature_net: str = ""
+    init_from: str = ""
+    d_width: int = 32
+    lr: float = 2e-4
+    lr_d: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.scale < 2 or self.scale & (self.scale - 1):
+            raise ValueError(f"scale must be a power of two >= 2, got {self.scale}")
+        if self.feature_weight > 0 and not self.feature_net:
+            raise ValueError("feature_weight > 0 needs feature_net: the encoder checkpoint of the loss")
+        if min(self.l1_weight, self.feature_weight, self.adv_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.l1_weight + self.feature_weight == 0:
+            raise ValueError("an adversarial loss alone does not tie the output to the input: "
+                             "give l1_weight or feature_weight > 0")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adv_weight > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SR_PRESETS = {
+    "srresnet": {},
+    "srgan": {"l1_weight": 0.1, "feature_weight": 1.0, "adv_weight": 1e-3},
+}
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, w: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.PReLU(w), nn.Conv2d(w, w, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class SRResNet(nn.Module):
+    """Low-resolution (B, C, h, w) in [-1, 1] -> (B, C, scale h, scale w), unclamped.
+
+    Fully convolutional: runs on any size (its receptive field is 4 + 2 n_blocks + 1 + 2 input
+    pixels on each side, plus 4 output pixels: tiles overlapping by 24 input pixels join exactly).
+    """
+
+    def __init__(self, config: SRConfig):
+        super().__init__()
+        c, w = config, config.width
+        self.config = config
+        self.head = nn.Sequential(nn.Conv2d(c.channels, w, 9, padding=4), nn.PReLU(w))
+        self.body = nn.Sequential(*[_ResidualBlock(w) for _ in range(c.n_blocks)],
+                                  nn.Conv2d(w, w, 3, padding=1))
+        ups = []
+        for _ in range(int(math.log2(c.scale))):
+            # apply_pad_pool=False: MONAI's default blurs and shifts by half a pixel after the
+            # shuffle (against checkerboard artefacts), which misaligns output and target.
+            ups += [SubpixelUpsample(2, w, w, scale_factor=2, apply_pad_pool=False), nn.PReLU(w)]
+        self.up = nn.Sequential(*ups)
+        self.tail = nn.Conv2d(w, c.channels, 9, padding=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        y = self.tail(self.up(h + self.body(h)))
+        if self.config.residual:
+            y = y + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return y
+
+
+def feature_loss(encoder: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean over the encoder's feature maps of the MSE between those of ``fake`` and ``real``,
+    each map's MSE divided by the mean square of the real map (so every layer weighs alike)."""
+    loss = fake.new_zeros(())
+    with torch.no_grad():
+        targets = encoder.feature_maps(real)
+    maps = encoder.feature_maps(fake)
+    for f, t in zip(maps, targets):
+        loss = loss + F.mse_loss(f, t) / t.square().mean().clamp_min(1e-6)
+    return loss / len(maps)
+
+
+class SRModel:
+    """SRResNet or SRGAN as :func:`medgan_utils.train.fit` trains it (a batch is ``(lr, hr)``).
+
+    Args:
+        config: the architecture and loss.
+        device: where the networks live.
+        feature_net: the frozen encoder of the feature loss (a module with ``feature_maps(x)``),
+            required when ``config.feature_weight > 0``.
+        init_state: a generator ``state_dict`` to start from (``config.init_from`` loaded).
+    """
+
+    def __init__(self, config: SRConfig, device: torch.device | str = "cpu",
+                 feature_net: nn.Module | None = None, init_state: dict | None = None):
+        self.config = c = config
+        self.device = torch.device(device)
+        self.G = SRResNet(c).to(self.device)
+        if init_state is not None:
+            self.G.load_state_dict(init_state)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=(0.9, 0.999))
+        self.D = self.opt_D = None
+        if c.adversarial:
+            self.D = PatchDiscriminator(spatial_dims=2, channels=c.d_width, in_channels=c.channels,
+                                        num_layers_d=3, norm="INSTANCE").to(self.device)
+            self.opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_d, betas=(0.9, 0.999))
+        self.feature_net = feature_net.to(self.device).eval().requires_grad_(False) if feature_net else None
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"G": self.G, **({"D": self.D} if self.D is not None else {})}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"G": self.opt_G, **({"D": self.opt_D} if self.opt_D is not None else {})}
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.D(x)[-1]
+
+    def train_step(self, batches: Iterator) -> dict[str, float]:
+        lr, hr = next(batches)
+        c = self.config
+        self.G.train()
+        fake = self.G(lr)
+        log: dict[str, float] = {}
+        if c.adversarial:  # D first, on the same fakes G is then updated with
+            loss_D = d_loss_bce(self._logits(hr), self._logits(fake.detach()))
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_D.backward()
+            self.opt_D.step()
+            log["loss_D"] = loss_D.item()
+        l1 = F.l1_loss(fake, hr)
+        loss_G = c.l1_weight * l1
+        log["l1"] = l1.item()
+        if c.feature_weight > 0:
+            if self.feature_net is None:
+                raise ValueError("this config has a feature loss: build the model with feature_net "
+                                 "(the frozen encoder; the 'sr' model kind loads config.feature_net)")
+            feat = feature_loss(self.feature_net, fake, hr)
+            loss_G = loss_G + c.feature_weight * feat
+            log["feature"] = feat.item()
+        if c.adversarial:
+            adv = g_loss_non_saturating(self._logits(fake))
+            loss_G = loss_G + c.adv_weight * adv
+            log["adv"] = adv.item()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.opt_G.step()
+        log["loss_G"] = loss_G.item()
+        self._last = (lr[:8].detach(), hr[:8].detach())
+        return log
+
+    @torch.no_grad()
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Low-resolution (B, C, h, w) in [-1, 1] -> (B, C, scale h, scale w) in [-1, 1]."""
+        was = self.G.training
+        self.G.eval()
+        y = self.G(x.to(self.device)).clamp(-1.0, 1.0)
+        self.G.train(was)
+        return y
+
+    def visuals(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Bicubic, model output and target of the last training batch's first patches."""
+        if self._last is None:
+            return {}
+        lr, hr = self._last
+        bicubic = F.interpolate(lr, scale_factor=self.config.scale, mode="bicubic",
+                                align_corners=False).clamp(-1, 1)
+        return {"sr": self.apply(lr), "bicubic": bicubic, "hr": hr}

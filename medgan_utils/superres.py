@@ -1,0 +1,230 @@
+"""Chapter 05's toolkit: the CT feature space, the classical baselines and a fair scoring of
+super-resolution.
+
+* The feature space: :class:`~.models.autoencoder.PatchAutoencoder` trained on high-resolution CT
+  patches of the training slices (:func:`train_patch_encoder`). Two are shipped, trained alike
+  with different seeds: ``encoder_ct_loss`` is SRGAN's content loss, ``encoder_ct_judge`` measures
+  the feature distance in the results. A model trained to lower one network's feature distance
+  could exploit that network's quirks; judging it with a second, independently initialised one
+  tells a real gain from an adversarial one (the two are still similar: same data, same design).
+* Baselines (:func:`interpolate`): nearest, bicubic (torch) and Lanczos (PIL, Lanczos-3).
+* Scoring (:func:`score_sr`): per-image PSNR and SSIM inside the head mask (headline) and on the
+  whole image, the judge's feature distance, and each method's per-image difference to bicubic
+  with a t-interval (:func:`medgan_utils.stats.paired_ci`).
+
+Introduced in ``notebooks/05_super_resolution.ipynb``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics.regression import compute_ssim_and_cs
+
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .data import PairedLoader, downsample, gaussian_noise, upsample
+from .data.ct import head_mask, load_split
+from .models.autoencoder import AutoencoderModel, PatchAutoencoder, PatchAutoencoderConfig
+from .stats import paired_ci
+from .train import FitConfig, fit
+from .utils import CHECKPOINT_DIR, REPO_ROOT
+
+__all__ = ["METHODS", "encoder_path", "feature_distance", "interpolate", "load_patch_encoder",
+           "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_sr", "train_patch_encoder"]
+
+BASELINES = ("nearest", "bicubic", "lanczos")
+METHODS = BASELINES  # models are added by name in the notebook
+SSIM_WINDOW = 11
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint path as stored in configs (relative to the repository), made absolute."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def encoder_path(dataset: str = "ct", role: str = "loss") -> Path:
+    """``checkpoints/encoder_<dataset>_<role>.safetensors``; role ``"loss"`` or ``"judge"``."""
+    return CHECKPOINT_DIR / f"encoder_{dataset}_{role}.safetensors"
+
+
+def train_patch_encoder(path: str | os.PathLike, dataset: str = "ct", size: int = 512, *,
+                        seed: int = 0, steps: int = 1500, batch_size: int = 32, patch: int = 96,
+                        config: PatchAutoencoderConfig | None = None,
+                        device: torch.device | str = "cpu", progress: bool = False) -> tuple[Path, dict]:
+    """Train a :class:`PatchAutoencoder` on random ``patch`` px crops of the training split
+    (with flips), through ``fit``, and save it with its facts (reconstruction MSE on validation
+    crops). Test slices are never seen."""
+    tr, va = load_split(dataset, "train", size), load_split(dataset, "val", size)
+    x = tr.tensors()
+    torch.manual_seed(seed)
+    net = PatchAutoencoder(config or PatchAutoencoderConfig(channels=x.shape[1]))
+    loader = PairedLoader(x, x, batch_size, device, seed=seed, patch=min(patch, size))
+    t0 = time.perf_counter()
+    hist = fit(AutoencoderModel(net, device), loader,
+               FitConfig(steps=steps, log_every=max(1, steps // 20), ckpt_every=0, resume=False),
+               progress=progress)
+    net.cpu().eval()
+    with torch.no_grad():
+        v = va.tensors()
+        val_mse = float(np.mean([float(net.reconstruction_loss(v[i:i + 8])) for i in range(0, len(v), 8)]))
+    facts = {"dataset": dataset, "size": size, "patch": patch, "steps": steps, "batch_size": batch_size,
+             "seed": seed, "trained_on": f"train split, {len(tr)} images, random {patch} px crops",
+             "train_seconds": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads(),
+             "final_loss": hist.records[-1]["loss"], "val_mse_whole_images": val_mse}
+    out = save_checkpoint(path, {"net": net}, metadata={"patch_autoencoder": net.config.to_dict(), **facts})
+    return out, facts
+
+
+def load_patch_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> PatchAutoencoder:
+    """A shipped :class:`PatchAutoencoder` (frozen, eval mode)."""
+    path = resolve(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no encoder at {path}. Train one (a few CPU minutes) with:\n  python -c "
+                                f"\"from medgan_utils.superres import train_patch_encoder; "
+                                f"train_patch_encoder('{path}')\"")
+    net = PatchAutoencoder(PatchAutoencoderConfig(**read_metadata(path)["patch_autoencoder"]))
+    load_checkpoint(path, {"net": net})
+    return net.to(device).eval().requires_grad_(False)
+
+
+def lr_images(hr: torch.Tensor, scale: int, noise: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The degradation of chapter 05: antialiased bicubic downsampling by ``scale``
+    (:func:`~medgan_utils.data.downsample`), then optional Gaussian noise of std ``noise`` (in
+    [-1, 1] units), clamped to [-1, 1]. (B, C, H, W) -> (B, C, H / scale, W / scale)."""
+    lr = downsample(hr, scale)
+    return gaussian_noise(lr, noise, seed=seed) if noise > 0 else lr
+
+
+def _lanczos(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    # PIL's Lanczos-3 on float images (mode "F"): torch has no Lanczos kernel.
+    from PIL import Image
+
+    out = np.empty((*lr.shape[:2], lr.shape[2] * scale, lr.shape[3] * scale), np.float32)
+    for i, img in enumerate(lr.detach().cpu().numpy()):
+        for c, ch in enumerate(img):
+            im = Image.fromarray(ch.astype(np.float32), mode="F")
+            out[i, c] = np.asarray(im.resize((ch.shape[1] * scale, ch.shape[0] * scale), Image.LANCZOS))
+    return torch.from_numpy(out).clamp(-1, 1)
+
+
+def interpolate(lr: torch.Tensor, scale: int, method: str = "bicubic") -> torch.Tensor:
+    """A classical upsampling of (B, C, h, w) in [-1, 1]: ``"nearest"``, ``"bicubic"`` or
+    ``"lanczos"`` -> (B, C, scale h, scale w) in [-1, 1]."""
+    if method == "lanczos":
+        return _lanczos(lr, scale)
+    if method not in ("nearest", "bicubic", "bilinear"):
+        raise ValueError(f"method must be one of {BASELINES + ('bilinear',)}, got {method!r}")
+    return upsample(lr, scale, method)
+
+
+def masked_psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
+                data_range: float = 2.0) -> torch.Tensor:
+    """Per-image PSNR in dB of (B, C, H, W) against (B, C, H, W), over the pixels where ``mask``
+    (bool (B, 1, H, W)) is true, or all pixels."""
+    sq = (x - y).square()
+    if mask is None:
+        mse = sq.flatten(1).mean(1)
+    else:
+        m = mask.expand_as(sq).float()
+        mse = (sq * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
+
+
+def masked_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
+                data_range: float = 2.0) -> torch.Tensor:
+    """Per-image SSIM (MONAI's 11 px Gaussian window) averaged over the window centres where
+    ``mask`` is true (the SSIM map is 10 px smaller than the image: the mask is cropped to it)."""
+    ssim_map, _ = compute_ssim_and_cs(x.float(), y.float(), spatial_dims=2, kernel_size=[SSIM_WINDOW] * 2,
+                                      kernel_sigma=[1.5, 1.5], data_range=data_range)
+    ssim_map = ssim_map.mean(1, keepdim=True)
+    if mask is None:
+        return ssim_map.flatten(1).mean(1)
+    r = SSIM_WINDOW // 2
+    m = mask[..., r:-r, r:-r].float()
+    return (ssim_map * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def feature_distance(encoder: PatchAutoencoder, x: torch.Tensor, y: torch.Tensor,
+                     batch_size: int = 4) -> torch.Tensor:
+    """Per-image distance of ``x`` to ``y`` (B, C, H, W) in an encoder's feature maps: the mean
+    over its stages of the MSE between the maps, divided by the mean square of ``y``'s map (the
+    normalisation of SRGAN's feature loss). 0 for identical images."""
+    dev = next(encoder.parameters()).device
+    out = []
+    for i in range(0, len(x), batch_size):
+        fx = encoder.feature_maps(x[i:i + batch_size].to(dev))
+        fy = encoder.feature_maps(y[i:i + batch_size].to(dev))
+        d = sum((a - b).square().flatten(1).mean(1) / b.square().flatten(1).mean(1).clamp_min(1e-6)
+                for a, b in zip(fx, fy)) / len(fx)
+        out.append(d.cpu())
+    return torch.cat(out)
+
+
+def run_method(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, batch_size: int = 4) -> tuple[torch.Tensor, float]:
+    """``fn`` over ``lr`` in batches; returns the outputs (on the CPU) and ms per image."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = torch.cat([fn(lr[i:i + batch_size]).cpu() for i in range(0, len(lr), batch_size)])
+    return out, 1000 * (time.perf_counter() - t0) / len(lr)
+
+
+def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: PatchAutoencoder | None = None,
+             mask: torch.Tensor | None = None, against: str = "bicubic") -> dict[str, Any]:
+    """Score every method's outputs against the high-resolution truth, image by image.
+
+    Args:
+        outputs: method name -> (N, C, H, W) in [-1, 1], all for the same inputs.
+        hr: the truth (N, C, H, W).
+        judge: the encoder of the feature distance (None: not reported).
+        mask: where the headline PSNR/SSIM are computed (CT: :func:`head_mask`); None: whole image.
+        against: the method every other is compared with, image by image.
+
+    Returns:
+        ``{"per_image": {method: {metric: (N,) tensor}}, "summary": {method: {metric: mean,
+        metric + "_vs_" + against: CI of the per-image difference}}}``; metrics ``psnr``, ``ssim``
+        (in the mask), ``psnr_whole``, ``ssim_whole``, ``feature`` (lower is better).
+    """
+    per: dict[str, dict[str, torch.Tensor]] = {}
+    for name, out in outputs.items():
+        m = {"psnr": masked_psnr(out, hr, mask), "ssim": masked_ssim(out, hr, mask)}
+        if mask is not None:
+            m |= {"psnr_whole": masked_psnr(out, hr), "ssim_whole": masked_ssim(out, hr)}
+        if judge is not None:
+            m["feature"] = feature_distance(judge, out, hr)
+        per[name] = m
+    summary: dict[str, dict[str, Any]] = {}
+    for name, m in per.items():
+        s: dict[str, Any] = {k: float(v.mean()) for k, v in m.items()}
+        if against in per and name != against:
+            for k, v in m.items():
+                s[f"{k}_vs_{against}"] = paired_ci(v.numpy(), per[against][k].numpy())
+        summary[name] = s
+    return {"per_image": per, "summary": summary}
+
+
+def held_out_pairs(dataset: str = "ct", size: int = 512, scale: int = 4, n: int | None = None,
+               noise: float = 0.0, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(lr, hr, mask)`` of held-out images: the first ``n`` of the split (all: None), the
+    degradation of :func:`lr_images`, and the head mask for CT (None for other data)."""
+    hr = load_split(dataset, split, size).tensors()
+    if n is not None:
+        hr = hr[:n]
+    mask = head_mask(hr) if dataset == "ct" else None
+    return lr_images(hr, scale, noise), hr, mask
+
+
+def crop_box(mask: torch.Tensor, side: int) -> tuple[int, int]:
+    """Top-left corner of a ``side`` px square centred on a head mask's centroid (for zoomed crops)."""
+    ys, xs = torch.nonzero(mask.reshape(mask.shape[-2:]), as_tuple=True)
+    h, w = mask.shape[-2:]
+    cy, cx = (int(ys.float().mean()), int(xs.float().mean())) if len(ys) else (h // 2, w // 2)
+    return min(max(cy - side // 2, 0), h - side), min(max(cx - side // 2, 0), w - side)
+

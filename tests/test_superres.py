@@ -1,0 +1,213 @@
+"""Chapter 05: the CT split and head mask, the SR model and its kind, and the scoring toolkit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medgan_utils.data.ct import CT_BOUNDS, ct_folder, ct_numbers, ct_split_of, head_mask, load_ct
+from medgan_utils.models.autoencoder import PatchAutoencoder, PatchAutoencoderConfig
+from medgan_utils.models.sr import SRConfig, SRModel, SRResNet, feature_loss
+from medgan_utils.superres import (
+    feature_distance,
+    interpolate,
+    lr_images,
+    masked_psnr,
+    masked_ssim,
+    score_sr,
+)
+
+
+def _ct_available() -> bool:
+    try:
+        ct_folder()
+        return True
+    except Exception:
+        return False
+
+
+needs_ct = pytest.mark.skipif(not _ct_available(), reason="the ct_mri slices are not here (make data)")
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+@needs_ct
+def test_ct_split_is_by_contiguous_blocks_of_file_numbers():
+    nums = ct_numbers(ct_folder())
+    assert len(nums) == 744
+    by = {s: [n for n in nums if ct_split_of(n) == s] for s in ("train", "val", "test")}
+    assert [len(v) for v in by.values()] == [519, 75, 150]
+    # Blocks, not a shuffle: every train number < every val number < every test number...
+    assert max(by["train"]) < min(by["val"]) and max(by["val"]) < min(by["test"])
+    # ...and each boundary falls between two runs of consecutive numbers (no run is cut).
+    for b in CT_BOUNDS:
+        assert b - 1 not in nums, f"the run ending at {b - 1} would be split"
+
+
+@needs_ct
+def test_load_ct_gives_uint8_slices_and_a_reduced_size():
+    val = load_ct("val")
+    assert val.images.shape == (75, 512, 512) and val.images.dtype == np.uint8
+    small = load_ct("val", size=128)
+    assert small.images.shape == (75, 128, 128)
+    # Area-averaged: the mean brightness is kept.
+    assert abs(float(small.images.mean()) - float(val.images.mean())) < 1.0
+    with pytest.raises(ValueError, match="divide"):
+        load_ct("val", size=100)
+
+
+def test_head_mask_keeps_the_largest_region_and_fills_its_holes():
+    img = torch.full((1, 1, 64, 64), -1.0)
+    img[..., 10:50, 10:50] = 0.5          # the head
+    img[..., 20:30, 20:30] = -1.0         # a dark hole inside it (a ventricle)
+    img[..., 58:60, 0:64] = 0.5           # the table's arc: bright but separate and smaller
+    m = head_mask(img)[0, 0]
+    assert m[25, 25] and m[10, 10] and m[49, 49]  # hole filled, head kept
+    assert not m[59, 5] and not m[5, 5]           # table and background dropped
+    assert int(m.sum()) == 40 * 40
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def test_srresnet_shapes_and_starts_at_bicubic():
+    torch.manual_seed(0)
+    g = SRResNet(SRConfig(width=8, n_blocks=2))
+    x = torch.rand(2, 1, 12, 12) * 2 - 1
+    y = g(x)
+    assert y.shape == (2, 1, 48, 48)
+    # The residual design predicts a correction to bicubic: zero the last layer and the output
+    # is exactly bicubic upsampling.
+    torch.nn.init.zeros_(g.tail.weight)
+    torch.nn.init.zeros_(g.tail.bias)
+    bic = torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.allclose(g(x), bic, atol=1e-6)
+
+
+def _batches(n=8, side=32, scale=4):
+    hr = torch.rand(n, 1, side, side) * 2 - 1
+    lr = lr_images(hr, scale)
+    while True:
+        yield lr, hr
+
+
+def test_srresnet_step_reaches_every_parameter_and_lowers_l1_on_one_batch():
+    torch.manual_seed(0)
+    m = SRModel(SRConfig(width=8, n_blocks=2, lr=1e-3))
+    before = {k: v.clone() for k, v in m.G.state_dict().items()}
+    it = _batches()
+    first = m.train_step(it)["l1"]
+    for _ in range(20):
+        last = m.train_step(it)["l1"]
+    assert last < first
+    changed = [k for k, v in m.G.state_dict().items() if not torch.equal(v, before[k])]
+    assert set(changed) == set(before), "every generator weight must get a gradient"
+    assert set(m.modules()) == {"G"}
+
+
+def test_srgan_step_updates_g_and_d_and_logs_every_term():
+    torch.manual_seed(0)
+    enc = PatchAutoencoder(PatchAutoencoderConfig(width=4, latent_channels=2))
+    cfg = SRConfig(width=8, n_blocks=1, l1_weight=0.1, feature_weight=1.0, adv_weight=1e-3,
+                   feature_net="unused.safetensors", d_width=8)
+    m = SRModel(cfg, feature_net=enc)
+    enc_before = [p.clone() for p in enc.parameters()]
+    d_before = [p.clone() for p in m.D.parameters()]
+    log = m.train_step(_batches())
+    assert {"l1", "feature", "adv", "loss_D", "loss_G"} <= set(log)
+    assert all(np.isfinite(v) for v in log.values())
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, m.D.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(enc_before, enc.parameters())), "the loss network is frozen"
+
+
+def test_srgan_without_its_feature_network_says_so():
+    cfg = SRConfig(width=8, n_blocks=1, feature_weight=1.0, feature_net="x.safetensors")
+    m = SRModel(cfg)  # building for serving is fine...
+    with pytest.raises(ValueError, match="feature_net"):
+        m.train_step(_batches())  # ...training is not
+
+
+@pytest.mark.parametrize("kwargs,match", [({"scale": 3}, "power of two"),
+                                          ({"feature_weight": 1.0}, "feature_net"),
+                                          ({"l1_weight": 0.0, "adv_weight": 1.0}, "adversarial loss alone")])
+def test_sr_config_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SRConfig(**kwargs)
+
+
+def test_feature_loss_is_zero_for_identical_images_and_grows_with_noise():
+    torch.manual_seed(0)
+    enc = PatchAutoencoder(PatchAutoencoderConfig(width=4, latent_channels=2))
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert float(feature_loss(enc, x, x)) == 0.0
+    small = float(feature_loss(enc, x + 0.05 * torch.randn_like(x), x))
+    large = float(feature_loss(enc, x + 0.3 * torch.randn_like(x), x))
+    assert 0 < small < large
+
+
+def test_sr_kind_trains_exports_and_serves_through_the_registry(tmp_path):
+    from medgan_utils.data import Arrays
+    from medgan_utils.pretrained import export, load, train_model
+    from medgan_utils.registry import get_kind
+    from medgan_utils.train import FitConfig
+
+    kind = get_kind("sr")
+    rng = np.random.default_rng(0)
+    data = Arrays("ct", "train", 32, rng.integers(0, 256, (8, 32, 32), dtype=np.uint8), np.zeros(8, np.int64))
+    cfg = kind.config("srresnet", data, width=8, n_blocks=1, patch=16)
+    model, hist = train_model(cfg, data, FitConfig(steps=2, log_every=1, ckpt_every=0), seed=0,
+                              batch_size=4, out_dir=tmp_path / "run", progress=False)
+    path = export(model, tmp_path / "sr.safetensors", hist)
+    served, meta = load(path)
+    x = torch.rand(1, 1, 8, 8) * 2 - 1
+    assert torch.equal(served.apply(x), model.apply(x))
+    assert served.apply(x).shape == (1, 1, 32, 32) and meta["kind"] == "sr"
+    # SRGAN starts from the exported SRResNet's generator.
+    init = kind.build_kwargs(None, SRConfig(width=8, n_blocks=1, init_from=str(path)))["init_state"]
+    assert all(torch.equal(init[k], v) for k, v in model.G.state_dict().items())
+
+
+# -- scoring ----------------------------------------------------------------------------------
+
+
+def test_masked_psnr_counts_only_the_masked_pixels():
+    y = torch.zeros(1, 1, 16, 16)
+    x = y.clone()
+    x[..., :8, :] = 0.2                     # error only in the top half
+    top = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    top[..., :8, :] = True
+    expected = 10 * np.log10(4 / 0.04)
+    assert float(masked_psnr(x, y, top)) == pytest.approx(expected, rel=1e-5)
+    assert float(masked_psnr(x, y)) == pytest.approx(expected + 10 * np.log10(2), rel=1e-5)
+    assert float(masked_psnr(x, y, ~top)) > 100  # no error at all there
+
+
+def test_masked_ssim_matches_monai_on_the_whole_image_and_is_one_for_identical():
+    from medgan_utils.metrics import ssim
+
+    torch.manual_seed(0)
+    y = torch.rand(2, 1, 32, 32) * 2 - 1
+    x = (y + 0.1 * torch.randn_like(y)).clamp(-1, 1)
+    assert float(masked_ssim(x, y).mean()) == pytest.approx(ssim(x, y), abs=1e-5)
+    assert torch.allclose(masked_ssim(y, y, torch.ones_like(y, dtype=torch.bool)), torch.ones(2))
+
+
+def test_baselines_and_yardstick_rank_known_worse_outputs_as_worse():
+    # A smooth image with structure: bicubic and Lanczos recover it better than nearest, and every
+    # metric ranks heavier degradation lower.
+    yy, xx = torch.meshgrid(torch.linspace(-3, 3, 64), torch.linspace(-3, 3, 64), indexing="ij")
+    hr = torch.tanh(torch.sin(2 * xx) * torch.cos(3 * yy))[None, None].repeat(2, 1, 1, 1)
+    lr = lr_images(hr, 4)
+    outs = {m: interpolate(lr, 4, m) for m in ("nearest", "bicubic", "lanczos")}
+    outs["noisy"] = (outs["bicubic"] + 0.3 * torch.randn_like(hr)).clamp(-1, 1)
+    torch.manual_seed(0)
+    enc = PatchAutoencoder(PatchAutoencoderConfig(width=4, latent_channels=2))
+    res = score_sr(outs, hr, enc)["summary"]
+    for metric in ("psnr", "ssim"):
+        assert res["nearest"][metric] < res["bicubic"][metric]
+        assert res["noisy"][metric] < res["bicubic"][metric]
+    assert res["noisy"]["feature"] > res["bicubic"]["feature"]
+    assert res["nearest"]["psnr_vs_bicubic"].mean < 0  # the per-image difference with its CI
+    assert float(feature_distance(enc, hr, hr).max()) == 0.0
