@@ -126,16 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
 
     a = sub.add_parser("apply", help="run an image-to-image model (super-resolution, reconstruction, "
-                       "translation) on images from a .npz or a folder")
+                       "translation) on your own images, at their own size",
+                       description="Apply an image-to-image model to PNG/JPEG/DICOM/NIfTI files or "
+                                   "folders at their own size, in overlapping tiles: DIR/<name>.png "
+                                   "(uint8) and DIR/<name>.npy (float32 in [-1, 1]) per image or slice, "
+                                   "and DIR/apply_note.json saying what was done. A super-resolution "
+                                   "model's input is the low-resolution image; its output is SCALE "
+                                   "times larger.")
     a.add_argument("checkpoint", type=Path, help="an exported model or a run's last.safetensors")
-    a.add_argument("input", type=Path, help="a .npz with 'images' (uint8 (N,H,W) or (N,H,W,C), as "
-                   "MedMNIST and `medgan sample` write) or a folder/file of PNG, DICOM or NIfTI images")
-    a.add_argument("--out", type=Path, required=True, help="output .npz: 'images' uint8, one per input")
-    a.add_argument("--size", type=int, default=None, help="folder input: side in pixels (default: "
-                   "the model's input size)")
+    a.add_argument("input", type=Path, nargs="+", help="image files or folders (PNG, JPEG, DICOM, "
+                   "NIfTI), or a .npz with 'images' (uint8 (N,H,W) or (N,H,W,C), as MedMNIST and "
+                   "`medgan sample` write)")
+    a.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder; or, for one "
+                   ".npz input, an output .npz ('images' uint8, one per input image)")
+    a.add_argument("--scale", type=int, default=None, metavar="N", help="the enlargement you expect "
+                   "(e.g. 4): an error if the model's differs (default: the model's)")
+    a.add_argument("--tile", type=int, default=256, metavar="N",
+                   help="tile side in input pixels (default: %(default)s)")
+    a.add_argument("--overlap", type=int, default=32, metavar="N",
+                   help="context around each tile in input pixels, at least the model's receptive "
+                   "radius for seamless tiles (24 for the course's SRResNet) (default: %(default)s)")
     a.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"),
-                   help="folder input: CT window in Hounsfield units, e.g. 40 400")
-    a.add_argument("--device", default=None)
+                   help="intensity window in stored units (HU for CT), e.g. 40 400 (default: "
+                   "min-max of each file)")
+    a.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    a.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
 
     x = sub.add_parser("train-extractor", help="train the in-domain feature extractor for metrics")
     _data_args(x)
@@ -218,9 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="pneumoniamnist", help="MedMNIST 2D flag (default: %(default)s)")
-    p.add_argument("--size", type=int, default=28, help="28, 64, 128 or 224 (default: %(default)s)")
-    p.add_argument("--root", default=None, help="folder with the .npz (else $MEDMNIST_ROOT, data/medmnist)")
+    p.add_argument("--dataset", default="pneumoniamnist",
+                   help="MedMNIST 2D flag, or ct for chapter 05's head-CT slices (default: %(default)s)")
+    p.add_argument("--size", type=int, default=28,
+                   help="28, 64, 128 or 224 for MedMNIST; 512 (or a divisor) for ct (default: %(default)s)")
+    p.add_argument("--root", default=None, help="folder with the .npz (else $MEDMNIST_ROOT, data/medmnist); "
+                                                "for ct a folder of ctN.png (else ../shared/data/ct_mri, data/ct_mri)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and batch order")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -243,13 +261,13 @@ def _setup(ns):
 
 def cmd_train(ns) -> int:
     from . import registry
-    from .data import load_arrays
+    from .data.ct import load_split
     from .pretrained import export, train_model
     from .train import FitConfig
 
     device = _setup(ns)
     kind, preset = registry.presets()[ns.preset]
-    train = load_arrays(ns.dataset, "train", ns.size, ns.root)
+    train = load_split(ns.dataset, "train", ns.size, ns.root)
     n_split = len(train)
     if ns.holdout_reference:
         from .evaluation import generator_training_arrays
@@ -348,29 +366,34 @@ def cmd_evaluate(ns) -> int:
 def cmd_apply(ns) -> int:
     import torch
 
-    from .data import load_image_folder, to_float, to_uint8
+    from .apply import apply_to_files, check_scale, read_npz_images
+    from .data import to_uint8
 
     model, _, device = _load_model(ns, "apply")
-    if ns.input.suffix.lower() == ".npz":
-        with np.load(ns.input) as f:
-            if "images" not in f.files:
-                raise SystemExit(f"{ns.input} has no 'images' array (it has {f.files})")
-            arr = f["images"]
-        if arr.dtype == np.uint8:
-            x = to_float(torch.from_numpy(arr))  # (N, H, W[, C]) as MedMNIST stores it
-        else:
-            x = torch.as_tensor(arr, dtype=torch.float32)
-            if x.ndim == 3:
-                x = x[:, None]
-            if x.numel() and (x.min() < -1.001 or x.max() > 1.001):
-                raise SystemExit(f"{ns.input}: float images must be (N, C, H, W) in [-1, 1], got values "
-                                 f"in [{x.min():.3g}, {x.max():.3g}]; store uint8 0-255 instead")
-    else:
-        size = ns.size or getattr(model.config, "input_size", None) or getattr(model.config, "image_size", 64)
-        x = load_image_folder(ns.input, size, window=tuple(ns.window) if ns.window else None).images
-    channels = getattr(model.config, "channels", x.shape[1])
-    if x.shape[1] != channels:
-        raise SystemExit(f"{ns.input} gives {x.shape[1]}-channel images; the model takes {channels}")
+    try:
+        if ns.out.suffix.lower() != ".npz":
+            window = tuple(ns.window) if ns.window else None
+            records = apply_to_files(model, ns.input, ns.out, scale=ns.scale, tile=ns.tile,
+                                     overlap=ns.overlap, window=window, force=ns.force,
+                                     checkpoint=ns.checkpoint)
+            for r in records:
+                h, w = r["output_size"]
+                print(f"{r['source']} -> {ns.out / r['outputs'][0]} ({h}x{w}), .npy beside it")
+            print(f"what was done: {ns.out / 'apply_note.json'}")
+            return 0
+        # A MedMNIST-like batch in, one out (the layout `medgan sample` writes).
+        if len(ns.input) != 1 or ns.input[0].suffix.lower() != ".npz":
+            raise ValueError(f"--out {ns.out}: an output .npz takes one .npz input; for image files "
+                             f"and folders give an output folder")
+        check_scale(model, ns.scale)
+        x, _ = read_npz_images(ns.input[0])
+        channels = getattr(model.config, "channels", x.shape[1])
+        if x.shape[1] != channels:
+            raise ValueError(f"{ns.input[0]} gives {x.shape[1]}-channel images; the model takes {channels}")
+        if ns.out.exists() and not ns.force:
+            raise FileExistsError(f"{ns.out} exists already; pass --force to overwrite it")
+    except (ValueError, OSError) as err:  # ImageReadError is a ValueError: all say what to do
+        raise SystemExit(f"medgan apply: {err}") from err
     with torch.no_grad():
         y = torch.cat([model.apply(x[i:i + 256].to(device)).cpu() for i in range(0, len(x), 256)])
     images = to_uint8(y)

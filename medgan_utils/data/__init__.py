@@ -11,7 +11,7 @@ from .degrade import (
     stroke_mask,
     upsample,
 )
-from .folder import ImageFolder, ImageReadError, load_image_folder
+from .folder import ImageFolder, ImageReadError, NativeImage, load_image_folder, read_images
 from .medmnist import (
     SIZES,
     SPLITS,
@@ -45,7 +45,7 @@ __all__ = [
     # fetch.py
     "FetchError", "fetch_datasets", "fetch_medmnist_file", "find_dataset",
     # folder.py
-    "ImageFolder", "ImageReadError", "load_image_folder",
+    "ImageFolder", "ImageReadError", "NativeImage", "load_image_folder", "read_images",
     # paired.py
     "PairedLoader", "UnpairedLoader", "make_sr_pairs",
 ]

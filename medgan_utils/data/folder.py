@@ -4,7 +4,8 @@
 (8- or 16-bit PNG, RGB JPEG, CT/MR DICOM with or without ``.dcm``, 2D/3D/4D NIfTI) into the
 package's convention: float (N, 1, size, size) in [-1, 1], one row per 2D image or volume slice,
 with the name of the file (and slice) each row came from; or, with ``keep_range=True``, in the
-files' own units (Hounsfield units, raw 16-bit values) for chapters that need them. Pixels stay in
+files' own units (Hounsfield units, raw 16-bit values) for chapters that need them.
+:func:`read_images` reads the same files at their own sizes (for ``medgan apply``). Pixels stay in
 floating point from the file to the tensor: 16-bit images keep all their levels. Files are read
 by MONAI's ``LoadImage`` with an explicit reader per format, so the axis order is known:
 
@@ -197,9 +198,11 @@ def _read_slices(path: Path, kind: str) -> tuple[list[np.ndarray], list[str], li
     return slices, suffixes, notes
 
 
-def _to_unit_range(arrays: list[np.ndarray], window: tuple[float, float] | None) -> torch.Tensor:
+def _to_unit_range(arrays: list[np.ndarray], window: tuple[float, float] | None
+                   ) -> tuple[torch.Tensor, float, float]:
     """One file's slices, (S, H, W) float -> [-1, 1]: the file's min-max, or the window.
 
+    Returns the float32 stack and the stored values ``(lo, hi)`` that became -1 and 1.
     The formula of MONAI's ``ScaleIntensityRange(clip=True)``, written in NumPy because the
     MetaTensor round trip costs ~6 ms per 512 px image against 0.3 ms here (2-core CPU).
     """
@@ -207,11 +210,11 @@ def _to_unit_range(arrays: list[np.ndarray], window: tuple[float, float] | None)
     if window is None:
         lo, hi = float(stack.min()), float(stack.max())
         if hi <= lo:  # a constant image has no contrast to stretch: show it black
-            return torch.full(stack.shape, -1.0)
+            return torch.full(stack.shape, -1.0), lo, hi
     else:
         lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
     unit = np.clip((stack - lo) / (hi - lo), 0.0, 1.0)
-    return torch.from_numpy(unit * 2 - 1).float()
+    return torch.from_numpy(unit * 2 - 1).float(), lo, hi
 
 
 def _stored_units(arrays: list[np.ndarray], window: tuple[float, float] | None
@@ -262,6 +265,114 @@ def _list_files(root: Path, recursive: bool) -> list[Path]:
     files = [p for p in pattern if p.is_file()
              and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _check_args(window: tuple[float, float] | None, on_error: str) -> tuple[float, float] | None:
+    """The window as two floats (or None); a ValueError for a bad window or ``on_error``."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if window is not None:
+        if len(window) != 2 or not window[1] > 0:
+            raise ValueError(f"window must be (center, width) with width > 0, got {window!r}")
+        window = (float(window[0]), float(window[1]))
+    return window
+
+
+def _candidates(path: str | os.PathLike, recursive: bool
+                ) -> tuple[Path, Path, list[tuple[Path, str]], list[Path]]:
+    """``(root, base, [(file, kind)...], ignored files)`` for a folder or one file; names are
+    relative to ``base`` (the folder, or a single file's parent)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root.resolve()} does not exist; check the path "
+                                f"(relative paths start from {Path.cwd()})")
+    if root.is_file():
+        files, base = [root], root.parent
+    else:
+        files, base = _list_files(root, recursive), root
+    kinds = [(f, _kind(f)) for f in files]
+    return root, base, [(f, k) for f, k in kinds if k is not None], [f for f, k in kinds if k is None]
+
+
+def _read_file(f: Path, kind: str, name: str, window: tuple[float, float] | None,
+               on_error: str, keep_range: bool
+               ) -> tuple[torch.Tensor, list[str], list[str], float, float] | None:
+    """One file -> ``(slices (S, H, W), source suffixes, flags, lo, hi)``, mapped to [-1, 1]
+    (stored units with ``keep_range``); ``lo``/``hi`` are the stored values of black and white.
+
+    Returns None for an unreadable file with ``on_error="skip"`` (after a warning naming it);
+    raises :class:`_NoPixels` for a DICOM without pixels, which the caller ignores.
+    """
+    try:
+        with _quiet_monai():
+            slices, suffixes, flags = _read_slices(f, kind)
+    except _NoPixels:
+        raise
+    except Exception as err:  # any reader failure of one file: MONAI/PIL/pydicom raise many kinds
+        msg = f"cannot read {f} as a {kind} image ({type(err).__name__}: {err})"
+        if on_error == "raise":
+            raise ImageReadError(f"{msg}. Remove the file, or pass on_error='skip' to skip "
+                                 f"unreadable files with a warning.") from err
+        warnings.warn(f"skipping {name}: {msg}", stacklevel=3)  # the public function's caller
+        return None
+    if keep_range:
+        scaled, lo, hi = _stored_units(slices, window)
+    else:
+        scaled, lo, hi = _to_unit_range(slices, window)
+    if "MONOCHROME1" in flags:
+        # MONOCHROME1 displays high values dark. Mirroring after the window (which is in
+        # stored units) keeps the window's meaning and makes bright = bright as elsewhere
+        # (in [-1, 1] the mirror lo + hi - x is a negation).
+        scaled = (lo + hi) - scaled if keep_range else -scaled
+    return scaled, suffixes, flags, lo, hi
+
+
+def _nothing_found(root: Path, recursive: bool, skipped: list[str], ignored: list[Path]
+                   ) -> FileNotFoundError:
+    what = (f"{len(skipped)} unreadable file(s) skipped: {_some(skipped)}"
+            if skipped else "no file with a supported extension")
+    return FileNotFoundError(
+        f"no images found in {root.resolve()} ({'recursive' if recursive else 'top level only'};"
+        f" {what}; {len(ignored)} other file(s) ignored). Supported: "
+        f"{' '.join(RASTER_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES)} and DICOM without "
+        f"extension."
+    )
+
+
+def _intensity_note(window: tuple[float, float] | None, keep_range: bool) -> str:
+    if keep_range:
+        clip = "" if window is None else (f", clipped to the window [{window[0] - window[1] / 2:g}, "
+                                          f"{window[0] + window[1] / 2:g}]")
+        return (f"intensity: stored units kept (keep_range=True){clip}: HU for CT DICOM "
+                f"after RescaleSlope/Intercept, pixel values for PNG/JPEG, not [-1, 1]")
+    if window is None:
+        return "intensity: min-max per file to [-1, 1] (no windowing)"
+    c, w = window
+    return (f"intensity: window center {c:g}, width {w:g} -> [{c - w / 2:g}, "
+            f"{c + w / 2:g}] mapped to [-1, 1], clipped, in stored units "
+            f"(HU for CT DICOM after RescaleSlope/Intercept; pixel values for PNG/JPEG)")
+
+
+def _other_notes(n_volumes: int, seen: dict[str, list[str]], skipped: list[str],
+                 ignored: list[str]) -> list[str]:
+    """The notes on volumes, colour, MONOCHROME1, 4D, skipped and ignored files."""
+    notes = []
+    if n_volumes:
+        notes.append(f"{n_volumes} NIfTI volume(s): axial slices (axis 2 in RAS), radiological "
+                     f"view (anterior up, patient's right on the left)")
+    if seen["colour"]:
+        notes.append(f"{len(seen['colour'])} colour file(s) converted to grayscale (BT.709 luma)")
+    if seen["MONOCHROME1"]:
+        notes.append(f"{len(seen['MONOCHROME1'])} MONOCHROME1 DICOM(s) inverted (there, high "
+                     f"stored values display dark)")
+    if seen["4D"]:
+        notes.append(f"4D NIfTI, first volume only: {_some(seen['4D'])}")
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable file(s): {_some(skipped)}")
+    if ignored:
+        notes.append(f"ignored {len(ignored)} file(s) that are not images (other extension, "
+                     f"DICOM without pixels): {_some(ignored)}")
+    return notes
 
 
 def load_image_folder(
@@ -330,25 +441,10 @@ def load_image_folder(
         ImageReadError: a file could not be read and ``on_error="raise"``.
         ValueError: bad ``size``, ``window`` or ``on_error``.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    window = _check_args(window, on_error)
     if int(size) != size or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    if window is not None:
-        if len(window) != 2 or not window[1] > 0:
-            raise ValueError(f"window must be (center, width) with width > 0, got {window!r}")
-        window = (float(window[0]), float(window[1]))
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {root.resolve()} does not exist; check the path "
-                                f"(relative paths start from {Path.cwd()})")
-    if root.is_file():
-        files, base = [root], root.parent
-    else:
-        files, base = _list_files(root, recursive), root
-    candidates = [(f, _kind(f)) for f in files]
-    ignored = [f for f, k in candidates if k is None]
-    candidates = [(f, k) for f, k in candidates if k is not None]
+    root, base, candidates, ignored = _candidates(path, recursive)
 
     images: list[torch.Tensor] = []
     sources: list[str] = []
@@ -358,76 +454,121 @@ def load_image_folder(
     for f, kind in candidates:
         name = f.relative_to(base).as_posix()
         try:
-            with _quiet_monai():
-                slices, suffixes, flags = _read_slices(f, kind)
+            read = _read_file(f, kind, name, window, on_error, keep_range)
         except _NoPixels:
             ignored.append(f)
             continue
-        except Exception as err:  # any reader failure of one file: MONAI/PIL/pydicom raise many kinds
-            msg = f"cannot read {f} as a {kind} image ({type(err).__name__}: {err})"
-            if on_error == "raise":
-                raise ImageReadError(f"{msg}. Remove the file, or pass on_error='skip' to skip "
-                                     f"unreadable files with a warning.") from err
-            warnings.warn(f"skipping {name}: {msg}", stacklevel=2)
+        if read is None:
             skipped.append(name)
             continue
+        scaled, suffixes, flags, lo, hi = read
         n_files += 1
-        if kind == "nifti" and len(slices) > 1:
+        if kind == "nifti" and len(suffixes) > 1:
             n_volumes += 1
         for flag in flags:
             seen[flag].append(name)
-        if keep_range:
-            scaled, lo, hi = _stored_units(slices, window)
-        else:
-            scaled, lo, hi = _to_unit_range(slices, window), -1.0, 1.0
-        if "MONOCHROME1" in flags:
-            # MONOCHROME1 displays high values dark. Mirroring after the window (which is in
-            # stored units) keeps the window's meaning and makes bright = bright as elsewhere
-            # (in [-1, 1] the mirror lo + hi - x is a negation).
-            scaled = (lo + hi) - scaled if keep_range else -scaled
+        if not keep_range:
+            lo, hi = -1.0, 1.0
         for img2d, suffix in zip(scaled, suffixes, strict=True):
             images.append(_fit_square(img2d, int(size), lo, hi))
             sources.append(name + suffix)
 
     if not images:
-        what = (f"{len(skipped)} unreadable file(s) skipped: {_some(skipped)}"
-                if skipped else "no file with a supported extension")
-        raise FileNotFoundError(
-            f"no images found in {root.resolve()} ({'recursive' if recursive else 'top level only'};"
-            f" {what}; {len(ignored)} other file(s) ignored). Supported: "
-            f"{' '.join(RASTER_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES)} and DICOM without "
-            f"extension."
-        )
+        raise _nothing_found(root, recursive, skipped, ignored)
 
     notes = [f"{len(images)} image(s) of {size}x{size} from {n_files} file(s) "
-             f"in {root.resolve()}" + (" (recursive)" if recursive and root.is_dir() else "")]
-    if keep_range:
-        clip = "" if window is None else (f", clipped to the window [{window[0] - window[1] / 2:g}, "
-                                          f"{window[0] + window[1] / 2:g}]")
-        notes.append(f"intensity: stored units kept (keep_range=True){clip}: HU for CT DICOM "
-                     f"after RescaleSlope/Intercept, pixel values for PNG/JPEG, not [-1, 1]")
-    elif window is None:
-        notes.append("intensity: min-max per file to [-1, 1] (no windowing)")
-    else:
-        c, w = window
-        notes.append(f"intensity: window center {c:g}, width {w:g} -> [{c - w / 2:g}, "
-                     f"{c + w / 2:g}] mapped to [-1, 1], clipped, in stored units "
-                     f"(HU for CT DICOM after RescaleSlope/Intercept; pixel values for PNG/JPEG)")
-    notes.append(f"aspect kept: longest side resized to {size} px (bilinear, antialiased), "
-                 f"shorter side padded with -1")
-    if n_volumes:
-        notes.append(f"{n_volumes} NIfTI volume(s): axial slices (axis 2 in RAS), radiological "
-                     f"view (anterior up, patient's right on the left)")
-    if seen["colour"]:
-        notes.append(f"{len(seen['colour'])} colour file(s) converted to grayscale (BT.709 luma)")
-    if seen["MONOCHROME1"]:
-        notes.append(f"{len(seen['MONOCHROME1'])} MONOCHROME1 DICOM(s) inverted (there, high "
-                     f"stored values display dark)")
-    if seen["4D"]:
-        notes.append(f"4D NIfTI, first volume only: {_some(seen['4D'])}")
-    if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable file(s): {_some(skipped)}")
-    if ignored:
-        notes.append(f"ignored {len(ignored)} file(s) that are not images (other extension, "
-                     f"DICOM without pixels): {_some([f.relative_to(base).as_posix() for f in ignored])}")
+             f"in {root.resolve()}" + (" (recursive)" if recursive and root.is_dir() else ""),
+             _intensity_note(window, keep_range),
+             f"aspect kept: longest side resized to {size} px (bilinear, antialiased), "
+             f"shorter side padded with -1"]
+    notes += _other_notes(n_volumes, seen, skipped, [f.relative_to(base).as_posix() for f in ignored])
     return ImageFolder(torch.stack(images), sources, notes)
+
+
+@dataclass(frozen=True)
+class NativeImage:
+    """One 2D image at its own size, as :func:`read_images` returns it.
+
+    Attributes:
+        image: float32 (1, H, W) in [-1, 1], H x W as stored (display orientation).
+        source: the file path relative to the folder (a single file: its name), plus ``[z=K]``
+            or ``[frame=K]`` as in :attr:`ImageFolder.sources`.
+        path: the file it came from.
+        kind: ``"raster"``, ``"dicom"`` or ``"nifti"``.
+        index: K, the slice of a NIfTI volume or frame of a multi-frame DICOM; None for 2D.
+        stored_range: the stored values (HU, pixel values) that became -1 and 1: the file's
+            min and max, or the window's ends; a MONOCHROME1 image is mirrored, so there the
+            first became 1.
+        flags: what else was done: ``"colour"`` (to grayscale), ``"MONOCHROME1"`` (inverted),
+            ``"4D"`` (first volume only).
+    """
+
+    image: torch.Tensor
+    source: str
+    path: Path
+    kind: str
+    index: int | None
+    stored_range: tuple[float, float]
+    flags: tuple[str, ...] = ()
+
+
+def read_images(
+    path: str | os.PathLike,
+    window: tuple[float, float] | None = None,
+    recursive: bool = True,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> tuple[list[NativeImage], list[str]]:
+    """Read every image in a folder (or one file) at its own size, each (1, H, W) in [-1, 1].
+
+    Reads what :func:`load_image_folder` reads, in the same order, with the same intensity
+    mapping (per-file min-max, or ``window=(center, width)`` in stored units), colour, DICOM and
+    NIfTI handling, but neither resizes nor pads: for models applied to a user's own scans
+    (``medgan apply``), whose outputs must line up pixel for pixel with the inputs.
+
+    Args:
+        path: a folder, or a single image file.
+        window: ``(center, width)`` in stored units, or None for per-file min-max.
+        recursive: also read subfolders.
+        on_error: ``"raise"`` (default): an unreadable file raises :class:`ImageReadError`
+            naming it; ``"skip"``: it is left out with a warning naming it.
+
+    Returns:
+        ``(images, notes)``: one :class:`NativeImage` per 2D image or slice, and human-readable
+        lines on what was done.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or holds no readable image.
+        ImageReadError: a file could not be read and ``on_error="raise"``.
+        ValueError: bad ``window`` or ``on_error``.
+    """
+    window = _check_args(window, on_error)
+    root, base, candidates, ignored = _candidates(path, recursive)
+    images: list[NativeImage] = []
+    skipped: list[str] = []
+    seen: dict[str, list[str]] = {"colour": [], "MONOCHROME1": [], "4D": []}
+    n_volumes = 0
+    for f, kind in candidates:
+        name = f.relative_to(base).as_posix()
+        try:
+            read = _read_file(f, kind, name, window, on_error, keep_range=False)
+        except _NoPixels:
+            ignored.append(f)
+            continue
+        if read is None:
+            skipped.append(name)
+            continue
+        scaled, suffixes, flags, lo, hi = read
+        n_volumes += kind == "nifti" and len(suffixes) > 1
+        for flag in flags:
+            seen[flag].append(name)
+        for k, (img2d, suffix) in enumerate(zip(scaled, suffixes, strict=True)):
+            images.append(NativeImage(img2d[None].clone(), name + suffix, f, kind,
+                                      k if suffix else None, (lo, hi), tuple(flags)))
+    if not images:
+        raise _nothing_found(root, recursive, skipped, ignored)
+    sizes = sorted({tuple(im.image.shape[1:]) for im in images})
+    notes = [f"{len(images)} image(s) at their own size ({_some([f'{h}x{w}' for h, w in sizes])})"
+             f" from {root.resolve()}" + (" (recursive)" if recursive and root.is_dir() else ""),
+             _intensity_note(window, keep_range=False)]
+    notes += _other_notes(n_volumes, seen, skipped, [f.relative_to(base).as_posix() for f in ignored])
+    return images, notes
