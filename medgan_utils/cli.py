@@ -335,7 +335,7 @@ def cmd_sample(ns) -> int:
 def cmd_evaluate(ns) -> int:
     import torch
 
-    from .data import load_arrays
+    from .data.ct import load_split
 
     model, meta, device = _load_model(ns, "")
     ds = ns.dataset or meta.get("dataset")
@@ -354,8 +354,10 @@ def cmd_evaluate(ns) -> int:
         from .metrics import evaluate_paired
         from .registry import kind_of
 
-        test = load_arrays(ds, "test", size, ns.root)
-        res = evaluate_paired(model, kind_of(model.config), test.tensors()[:ns.n], seed=ns.seed)
+        kind = kind_of(model.config)
+        images = load_split(ds, "test", size, ns.root).tensors()[:ns.n]
+        res = (kind.evaluate(model, images, ds, ns.seed) if kind.evaluate is not None
+               else evaluate_paired(model, kind, images, seed=ns.seed))
     else:
         raise SystemExit(f"{ns.checkpoint} holds a {type(model).__name__}, which neither samples nor "
                          "applies: nothing to evaluate")

@@ -89,6 +89,9 @@ class ModelKind:
             ``apply`` use it.
         baseline: for image-to-image kinds, ``(inputs, config) -> outputs``: the classical method
             every evaluation reports beside the model (bicubic upsampling, a median filter...).
+        evaluate: for image-to-image kinds with a chapter's own scoring, ``(model, images (N, C,
+            H, W) in [-1, 1], dataset, seed) -> dict`` of numbers (``medgan evaluate``); None:
+            :func:`medgan_utils.metrics.evaluate_paired` with ``make_pairs`` and ``baseline``.
     """
 
     name: str
@@ -106,6 +109,7 @@ class ModelKind:
     serve_modules: Callable[[Any, set[str]], dict[str, nn.Module]] = _serve_stored
     make_pairs: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     baseline: Callable[..., torch.Tensor] | None = None
+    evaluate: Callable[..., dict[str, Any]] | None = None
 
     def config(self, preset: str | None = None, data: Arrays | None = None,
                conditional: bool = False, **overrides: Any) -> Any:
@@ -272,6 +276,12 @@ def _sr_baseline(inputs: torch.Tensor, config: SRConfig) -> torch.Tensor:
     return upsample(inputs, config.scale, "bicubic")
 
 
+def _sr_evaluate(model: SRModel, images: torch.Tensor, dataset: str, seed: int) -> dict[str, Any]:
+    from .superres import evaluate_model
+
+    return evaluate_model(model, images, dataset)
+
+
 register(ModelKind(
     "sr", SRConfig, SRModel, presets=SR_PRESETS,
     description="super-resolution generators of chapter 05",
@@ -283,4 +293,5 @@ register(ModelKind(
     export_modules=lambda model: {"G": model.G},
     make_pairs=_sr_pairs,
     baseline=_sr_baseline,
+    evaluate=_sr_evaluate,
 ))

@@ -36,7 +36,7 @@ from .train import FitConfig, fit
 from .utils import CHECKPOINT_DIR, REPO_ROOT
 
 __all__ = ["METHODS", "encoder_path", "feature_distance", "interpolate", "load_patch_encoder",
-           "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_sr", "train_patch_encoder"]
+           "compare_methods", "evaluate_model", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_sr", "train_patch_encoder"]
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METHODS = BASELINES  # models are added by name in the notebook
@@ -55,7 +55,7 @@ def encoder_path(dataset: str = "ct", role: str = "loss") -> Path:
 
 
 def train_patch_encoder(path: str | os.PathLike, dataset: str = "ct", size: int = 512, *,
-                        seed: int = 0, steps: int = 1500, batch_size: int = 32, patch: int = 96,
+                        seed: int = 0, steps: int = 800, batch_size: int = 16, patch: int = 64,
                         config: PatchAutoencoderConfig | None = None,
                         device: torch.device | str = "cpu", progress: bool = False) -> tuple[Path, dict]:
     """Train a :class:`PatchAutoencoder` on random ``patch`` px crops of the training split
@@ -176,8 +176,23 @@ def run_method(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, bat
     return out, 1000 * (time.perf_counter() - t0) / len(lr)
 
 
+def _head_crops(x: torch.Tensor, mask: torch.Tensor | None, side: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, side, side) centred on each head (image centre without a mask)."""
+    if side >= min(x.shape[-2:]):
+        return x
+    out = []
+    for i in range(len(x)):
+        if mask is not None:
+            top, left = crop_box(mask[i], side)
+        else:
+            top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        out.append(x[i, :, top:top + side, left:left + side])
+    return torch.stack(out)
+
+
 def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: PatchAutoencoder | None = None,
-             mask: torch.Tensor | None = None, against: str = "bicubic") -> dict[str, Any]:
+             mask: torch.Tensor | None = None, against: str = "bicubic", *,
+             loss_net: PatchAutoencoder | None = None, feature_side: int = 256) -> dict[str, Any]:
     """Score every method's outputs against the high-resolution truth, image by image.
 
     Args:
@@ -186,19 +201,29 @@ def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: Patch
         judge: the encoder of the feature distance (None: not reported).
         mask: where the headline PSNR/SSIM are computed (CT: :func:`head_mask`); None: whole image.
         against: the method every other is compared with, image by image.
+        loss_net: also report the distance in this encoder's space (``feature_loss_net``): SRGAN's
+            own loss network, to compare with the independent judge.
+        feature_side: feature distances are computed on a ``feature_side`` px square centred on
+            the head (the mask's centroid; the image centre without a mask), which holds the
+            brain, at a quarter of the cost of a whole 512 px slice.
 
     Returns:
         ``{"per_image": {method: {metric: (N,) tensor}}, "summary": {method: {metric: mean,
         metric + "_vs_" + against: CI of the per-image difference}}}``; metrics ``psnr``, ``ssim``
-        (in the mask), ``psnr_whole``, ``ssim_whole``, ``feature`` (lower is better).
+        (in the mask), ``psnr_whole``, ``ssim_whole``, ``feature`` and ``feature_loss_net``
+        (lower is better).
     """
     per: dict[str, dict[str, torch.Tensor]] = {}
+    hr_crop = _head_crops(hr, mask, feature_side)
     for name, out in outputs.items():
         m = {"psnr": masked_psnr(out, hr, mask), "ssim": masked_ssim(out, hr, mask)}
         if mask is not None:
             m |= {"psnr_whole": masked_psnr(out, hr), "ssim_whole": masked_ssim(out, hr)}
+        crop = _head_crops(out, mask, feature_side) if judge is not None or loss_net is not None else None
         if judge is not None:
-            m["feature"] = feature_distance(judge, out, hr)
+            m["feature"] = feature_distance(judge, crop, hr_crop)
+        if loss_net is not None:
+            m["feature_loss_net"] = feature_distance(loss_net, crop, hr_crop)
         per[name] = m
     summary: dict[str, dict[str, Any]] = {}
     for name, m in per.items():
@@ -208,6 +233,70 @@ def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: Patch
                 s[f"{k}_vs_{against}"] = paired_ci(v.numpy(), per[against][k].numpy())
         summary[name] = s
     return {"per_image": per, "summary": summary}
+
+
+def high_frequency_excess(out: torch.Tensor, hr: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+    """Where a method has more fine detail than the truth: local energy of the Laplacian of
+    ``out`` minus that of ``hr``, both smoothed by a Gaussian of ``sigma`` px.
+
+    Positive where the output is busier than the truth (texture a GAN invents, ringing), negative
+    where it is smoother (blur). (N, 1, H, W) -> (N, 1, H, W), in squared intensity units.
+    """
+    from scipy import ndimage
+
+    def energy(x: torch.Tensor) -> np.ndarray:
+        a = x.detach().cpu().numpy()[:, 0].astype(np.float64)
+        lap = np.stack([ndimage.laplace(i) for i in a])
+        return np.stack([ndimage.gaussian_filter(i * i, sigma) for i in lap])
+
+    return torch.from_numpy(energy(out) - energy(hr)).float()[:, None]
+
+
+def compare_methods(models: Mapping[str, Any], lr: torch.Tensor, hr: torch.Tensor,
+                    mask: torch.Tensor | None = None, judge: PatchAutoencoder | None = None,
+                    loss_net: PatchAutoencoder | None = None, scale: int = 4,
+                    baselines: tuple[str, ...] = BASELINES) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Run the classical baselines and every model (``name -> model with apply``) on ``lr`` and
+    score all against ``hr`` (:func:`score_sr`, compared with bicubic).
+
+    Returns:
+        ``(outputs, scores)``: outputs by method (N, C, H, W); the scores of :func:`score_sr`
+        with ``ms_per_image`` added to each method's summary (wall time on this machine).
+    """
+    outputs, ms = {}, {}
+    for name in baselines:
+        outputs[name], ms[name] = run_method(lambda x, m=name: interpolate(x, scale, m), lr)
+    for name, model in models.items():
+        outputs[name], ms[name] = run_method(model.apply, lr)
+    scores = score_sr(outputs, hr, judge, mask, loss_net=loss_net)
+    for name in outputs:
+        scores["summary"][name]["ms_per_image"] = ms[name]
+    return outputs, scores
+
+
+def evaluate_model(model: Any, hr: torch.Tensor, dataset: str = "ct") -> dict[str, float]:
+    """``medgan evaluate`` for a super-resolution model: the model, nearest, bicubic and Lanczos on
+    held-out images ``hr`` (N, C, H, W) degraded by :func:`lr_images`, scored by :func:`score_sr`
+    (inside the head mask for CT; the judge encoder where one is shipped for ``dataset``).
+
+    Returns:
+        ``"<method>/<metric>"`` -> number; the per-image difference to bicubic as
+        ``"<method>/<metric>_vs_bicubic_mean"`` and ``..._ci95`` (the interval's half-width).
+    """
+    scale = model.config.scale
+    lr = lr_images(hr, scale)
+    mask = head_mask(hr) if dataset == "ct" else None
+    judge_path = encoder_path(dataset, "judge")
+    judge = load_patch_encoder(judge_path) if judge_path.exists() else None
+    _, scores = compare_methods({"model": model}, lr, hr, mask, judge, scale=scale)
+    out: dict[str, float] = {"n": float(len(hr))}
+    for method, s in scores["summary"].items():
+        for k, v in s.items():
+            if hasattr(v, "half"):
+                out[f"{method}/{k}_mean"], out[f"{method}/{k}_ci95"] = v.mean, v.half
+            else:
+                out[f"{method}/{k}"] = v
+    return out
 
 
 def held_out_pairs(dataset: str = "ct", size: int = 512, scale: int = 4, n: int | None = None,

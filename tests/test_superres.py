@@ -211,3 +211,21 @@ def test_baselines_and_yardstick_rank_known_worse_outputs_as_worse():
     assert res["noisy"]["feature"] > res["bicubic"]["feature"]
     assert res["nearest"]["psnr_vs_bicubic"].mean < 0  # the per-image difference with its CI
     assert float(feature_distance(enc, hr, hr).max()) == 0.0
+
+
+@needs_ct
+def test_cli_trains_evaluates_and_applies_an_sr_model_on_ct(tmp_path, capsys):
+    import json
+
+    from medgan_utils.cli import main
+
+    ckpt = tmp_path / "sr.safetensors"
+    assert main(["train", "srresnet", "--dataset", "ct", "--size", "128", "--steps", "2", "--batch-size", "2",
+                 "--width", "8", "--n-blocks", "1", "--patch", "32", "--log-every", "1", "--ckpt-every", "0",
+                 "--out", str(tmp_path / "run"), "--export", str(ckpt)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(ckpt), "--n", "3"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    # The model beside nearest/bicubic/Lanczos, scored inside the head mask, with per-image CIs.
+    assert res["n"] == 3 and {"model/psnr", "bicubic/psnr", "lanczos/psnr", "model/psnr_vs_bicubic_mean"} <= set(res)
+    assert res["nearest/psnr"] < res["bicubic/psnr"]

@@ -92,7 +92,10 @@ class SRConfig:
 
 SR_PRESETS = {
     "srresnet": {},
-    "srgan": {"l1_weight": 0.1, "feature_weight": 1.0, "adv_weight": 1e-3},
+    # Paths relative to the repository: the shipped CT encoder and SRResNet (chapter 05).
+    "srgan": {"l1_weight": 0.1, "feature_weight": 1.0, "adv_weight": 2e-3,
+              "feature_net": "checkpoints/encoder_ct_loss.safetensors",
+              "init_from": "checkpoints/srresnet_ct.safetensors"},
 }
 
 
