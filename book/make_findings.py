@@ -225,7 +225,7 @@ def _super_resolution(out: list[str]) -> None:
         return
     m = r["metrics"]
     methods = [x for x in ("nearest", "bicubic", "lanczos", "srresnet", "srfeat", "srgan") if key("ct", x, "psnr") in m]
-    n = int(r["params"].get("n_test") or 150)
+    n = int(m.get(key("ct", "n_scored"), 0))
     cells = [f"{x} {_f(m[key('ct', x, 'psnr')], 2)} dB / {_f(m[key('ct', x, 'ssim')], 3)} / "
              f"{_sig(m[key('ct', x, 'feature')], 2)}" for x in methods]
     bits = ["PSNR / SSIM inside the head mask / feature distance in the judge encoder: " + "; ".join(cells)]

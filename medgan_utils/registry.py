@@ -123,9 +123,10 @@ class ModelKind:
     def build(self, config: Any, device: torch.device | str = "cpu", data: Arrays | None = None,
               header: Mapping[str, Any] | None = None) -> Any:
         """A fresh model of this kind (random weights, from the global torch RNG), set up from
-        its training data or, when a checkpoint is loaded, from the checkpoint's header."""
-        kwargs = (self.build_kwargs(data, config) if data is not None
-                  else self.restore_kwargs(header, config) if header is not None else {})
+        its training data (or, trained from a ready loader, from the config alone: ``data`` is
+        None) or, when a checkpoint is loaded, from the checkpoint's header."""
+        kwargs = (self.restore_kwargs(header, config) if header is not None
+                  else self.build_kwargs(data, config))
         return self.model_cls(config, device, **kwargs)
 
 
@@ -240,13 +241,29 @@ register(ModelKind(
 def _sr_build_kwargs(data: Arrays | None, config: SRConfig) -> dict[str, Any]:
     # Training needs the frozen encoder of the feature loss and, for SRGAN, the SRResNet it
     # starts from; both are named in the config (paths relative to the repository).
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, read_metadata
     from .superres import load_patch_encoder, resolve
+
+    def same_data(path: str, what: str) -> None:
+        # The srgan preset names chapter 05's CT files: training on another data set must name
+        # its own (a CT encoder judging ultrasound, or a CT SRResNet as the start, is a mistake).
+        trained_on = read_metadata(resolve(path)).get("dataset")
+        if data is not None and trained_on and trained_on != data.name:
+            raise ValueError(f"{what} {path} was trained on {trained_on}, but this run trains on "
+                             f"{data.name}: pass --{what.replace('_', '-')} with a checkpoint for {data.name}")
 
     kwargs: dict[str, Any] = {}
     if config.feature_weight > 0:
+        same_data(config.feature_net, "feature_net")
         kwargs["feature_net"] = load_patch_encoder(config.feature_net)
     if config.init_from:
+        same_data(config.init_from, "init_from")
+        meta = read_metadata(resolve(config.init_from))
+        start = meta.get("config", {})
+        for f in ("scale", "width", "n_blocks", "residual", "channels"):
+            if f in start and start[f] != getattr(config, f):
+                raise ValueError(f"init_from {config.init_from} has {f}={start[f]!r}, this config "
+                                 f"{getattr(config, f)!r}: the generators must match")
         tensors = load_checkpoint(resolve(config.init_from))["tensors"]
         kwargs["init_state"] = {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}
         if not kwargs["init_state"]:

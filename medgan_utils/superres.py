@@ -88,7 +88,8 @@ def load_patch_encoder(path: str | os.PathLike, device: torch.device | str = "cp
     if not path.exists():
         raise FileNotFoundError(f"no encoder at {path}. Train one (a few CPU minutes) with:\n  python -c "
                                 f"\"from medgan_utils.superres import train_patch_encoder; "
-                                f"train_patch_encoder('{path}')\"")
+                                f"train_patch_encoder('{path}', DATASET, SIZE, seed=SEED)\" (the shipped "
+                                "ones: ct at 512 px, breastmnist at 64 px; seed 0 for the loss, 1 for the judge)")
     net = PatchAutoencoder(PatchAutoencoderConfig(**read_metadata(path)["patch_autoencoder"]))
     load_checkpoint(path, {"net": net})
     return net.to(device).eval().requires_grad_(False)
@@ -155,8 +156,8 @@ def masked_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = No
 def feature_distance(encoder: PatchAutoencoder, x: torch.Tensor, y: torch.Tensor,
                      batch_size: int = 4) -> torch.Tensor:
     """Per-image distance of ``x`` to ``y`` (B, C, H, W) in an encoder's feature maps: the mean
-    over its stages of the MSE between the maps, divided by the mean square of ``y``'s map (the
-    normalisation of SRGAN's feature loss). 0 for identical images."""
+    over its stages of the MSE between the maps, divided by the mean square of ``y``'s map (per
+    image here; :func:`~.models.sr.feature_loss` divides by the batch's). 0 for identical images."""
     dev = next(encoder.parameters()).device
     out = []
     for i in range(0, len(x), batch_size):

@@ -1,11 +1,15 @@
-"""The head-CT slices of chapter 05 (super-resolution), split so that no scan is on both sides.
+"""The head-CT slices of chapter 05 (super-resolution), split by contiguous blocks of file numbers.
 
 ``ct_mri/ct/`` holds 744 axial head-CT slices ``ctN.png`` (512 x 512, 8-bit grayscale), a subset
-of the Kaggle set "CT to MRI cGAN" (see ``data/README.md`` for source and licence). The file
-numbers come in runs (8, 9, 10, 18, 19, 20, ...) that may be neighbouring slices of one scan, so
-a random split could put two slices of one head on both sides and flatter the test score. The
-split here is by *contiguous blocks of file numbers*, cut between two runs, fixed and written
-down once:
+of the Kaggle set "CT to MRI cGAN" (see ``data/README.md`` for source and licence). Which patient
+a slice comes from is not recorded. The file numbers come in runs (8, 9, 10, 18, 19, 20, ...);
+if numbers were assigned scan by scan, a random split could put slices of one head on both
+sides and flatter the test score. The split is therefore by *contiguous blocks of file numbers*,
+cut between two runs, fixed and written down once. It cannot promise more: consecutive numbers
+are no more alike than random pairs, and some held-out slices look like neighbouring slices of a
+training head (same outline and table; :func:`nearest_training_distance` finds them). No held-out
+slice is a copy of a training slice (``tests/test_superres.py`` checks), and chapter 05 reports
+its gains separately on the test slices farthest from every training slice.
 
 =========  ===================  ======
 split      file numbers          slices
@@ -57,10 +61,15 @@ def ct_folder(root: str | os.PathLike | None = None) -> Path:
     folder, then ``$MEDGAN_CT_ROOT`` likewise, then the ``ct/`` folder of the ``ct_mri`` data
     set in ``../shared/data/`` or ``data/`` (:func:`~.fetch.find_dataset`, which names the folders searched and how to
     fetch the set when none holds it)."""
-    root = root or os.environ.get("MEDGAN_CT_ROOT")
-    for cand in ([Path(root), Path(root) / "ct"] if root else []):
-        if cand.is_dir() and ct_numbers(cand):
-            return cand
+    given = root or os.environ.get("MEDGAN_CT_ROOT")
+    if given:
+        for cand in (Path(given), Path(given) / "ct"):
+            if cand.is_dir() and ct_numbers(cand):
+                return cand
+        # A folder named for the CT slices that holds none: say so rather than read another copy.
+        raise FileNotFoundError(f"no ctN.png files in {given} or {Path(given) / 'ct'} "
+                                f"({'MEDGAN_CT_ROOT' if root is None else 'root'}); point it at the "
+                                "ct_mri/ct folder, or leave it unset to search ../shared/data and data/")
     from .fetch import find_dataset  # imported late: fetch.py also runs as a script
 
     return find_dataset("ct_mri", verify=False) / "ct"
@@ -96,6 +105,16 @@ def load_ct(split: str = "train", size: int = CT_SIZE, root: str | os.PathLike |
             im = im.convert("L")
             images[i] = np.asarray(im.reduce(CT_SIZE // size) if size != CT_SIZE else im)
     return Arrays(CT_NAME, split, size, images, np.zeros(len(nums), np.int64))
+
+
+def nearest_training_distance(split: str = "test", size: int = 64,
+                              root: str | os.PathLike | None = None) -> torch.Tensor:
+    """For each slice of ``split``, the mean absolute difference (in [0, 1] units, at ``size`` px)
+    to its most similar training slice: small values flag slices that may come from a training
+    patient. (N,) float, in ``load_ct`` order."""
+    held = torch.from_numpy(load_ct(split, size, root).images).float().flatten(1) / 255
+    train = torch.from_numpy(load_ct("train", size, root).images).float().flatten(1) / 255
+    return (torch.cdist(held, train, p=1) / train.shape[1]).min(1).values
 
 
 def load_split(name: str, split: str = "train", size: int = 28,

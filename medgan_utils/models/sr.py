@@ -6,8 +6,9 @@ sub-pixel x2 stage per factor of 2 of ``scale`` (MONAI's ``SubpixelUpsample``: a
 channels, then pixel shuffle) + PReLU; conv9x9 (w -> C). Two changes from the paper, both for
 small CPU budgets: no batch norm (EDSR, Lim et al. 2017: BN hurts SR and makes a tile's output
 depend on its batch), and the network predicts the *correction* to bicubic upsampling
-(``residual=True``: output = bicubic(x) + G(x), as VDSR, Kim et al. 2016), so a freshly built
-model starts at the bicubic baseline instead of at grey and training spends its steps on detail.
+(``residual=True``: output = bicubic(x) + G(x), as VDSR, Kim et al. 2016), so it need not
+learn to reproduce the image itself and training spends its steps on detail. (A freshly built
+model is *not* at bicubic: its random last layer adds a correction that costs a few dB.)
 
 Discriminator: MONAI's ``PatchDiscriminator`` with instance norm (batch norm is poor with CPU-size
 batches); its logits are the last of the feature maps it returns, one per patch.
@@ -124,8 +125,8 @@ class SRResNet(nn.Module):
                                   nn.Conv2d(w, w, 3, padding=1))
         ups = []
         for _ in range(int(math.log2(c.scale))):
-            # apply_pad_pool=False: MONAI's default blurs and shifts by half a pixel after the
-            # shuffle (against checkerboard artefacts), which misaligns output and target.
+            # apply_pad_pool=False: MONAI's default blurs and shifts by half a pixel per x2 stage
+            # after the shuffle (against checkerboard artefacts), misaligning output and target.
             ups += [SubpixelUpsample(2, w, w, scale_factor=2, apply_pad_pool=False), nn.PReLU(w)]
         self.up = nn.Sequential(*ups)
         self.tail = nn.Conv2d(w, c.channels, 9, padding=4)
