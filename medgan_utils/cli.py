@@ -382,6 +382,10 @@ def cmd_apply(ns) -> int:
                 h, w = r["output_size"]
                 print(f"{r['source']} -> {ns.out / r['outputs'][0]} ({h}x{w}), .npy beside it")
             print(f"what was done: {ns.out / 'apply_note.json'}")
+            if window is None:
+                print("note: each file was stretched to its own min-max. The course's models were trained on "
+                      "8-bit images mapped 0 -> -1, 255 -> 1: for 8-bit PNG/JPEG inputs, --window 127.5 255 "
+                      "reproduces that mapping (a CT DICOM needs a window in HU, e.g. --window 40 80).")
             return 0
         # A MedMNIST-like batch in, one out (the layout `medgan sample` writes).
         if len(ns.input) != 1 or ns.input[0].suffix.lower() != ".npz":
