@@ -375,6 +375,26 @@ def _other_notes(n_volumes: int, seen: dict[str, list[str]], skipped: list[str],
     return notes
 
 
+def _each_read(candidates, base: Path, window, on_error: str, keep_range: bool,
+               ignored: list[Path], skipped: list[str], seen: dict[str, list[str]]):
+    """Read each candidate file in turn: yields ``(file, kind, name, read)`` for every readable
+    image; files without pixels go to ``ignored``, unreadable ones (``on_error="skip"``) to
+    ``skipped``, and each file's flags (colour, MONOCHROME1, 4D) to ``seen``."""
+    for f, kind in candidates:
+        name = f.relative_to(base).as_posix()
+        try:
+            read = _read_file(f, kind, name, window, on_error, keep_range)
+        except _NoPixels:
+            ignored.append(f)
+            continue
+        if read is None:
+            skipped.append(name)
+            continue
+        for flag in read[2]:
+            seen[flag].append(name)
+        yield f, kind, name, read
+
+
 def load_image_folder(
     path: str | os.PathLike,
     size: int = 64,
@@ -451,22 +471,10 @@ def load_image_folder(
     skipped: list[str] = []
     seen: dict[str, list[str]] = {"colour": [], "MONOCHROME1": [], "4D": []}
     n_volumes = n_files = 0
-    for f, kind in candidates:
-        name = f.relative_to(base).as_posix()
-        try:
-            read = _read_file(f, kind, name, window, on_error, keep_range)
-        except _NoPixels:
-            ignored.append(f)
-            continue
-        if read is None:
-            skipped.append(name)
-            continue
-        scaled, suffixes, flags, lo, hi = read
+    for _f, kind, name, (scaled, suffixes, _flags, lo, hi) in _each_read(
+            candidates, base, window, on_error, keep_range, ignored, skipped, seen):
         n_files += 1
-        if kind == "nifti" and len(suffixes) > 1:
-            n_volumes += 1
-        for flag in flags:
-            seen[flag].append(name)
+        n_volumes += kind == "nifti" and len(suffixes) > 1
         if not keep_range:
             lo, hi = -1.0, 1.0
         for img2d, suffix in zip(scaled, suffixes, strict=True):
@@ -547,20 +555,9 @@ def read_images(
     skipped: list[str] = []
     seen: dict[str, list[str]] = {"colour": [], "MONOCHROME1": [], "4D": []}
     n_volumes = 0
-    for f, kind in candidates:
-        name = f.relative_to(base).as_posix()
-        try:
-            read = _read_file(f, kind, name, window, on_error, keep_range=False)
-        except _NoPixels:
-            ignored.append(f)
-            continue
-        if read is None:
-            skipped.append(name)
-            continue
-        scaled, suffixes, flags, lo, hi = read
+    for f, kind, name, (scaled, suffixes, flags, lo, hi) in _each_read(
+            candidates, base, window, on_error, False, ignored, skipped, seen):
         n_volumes += kind == "nifti" and len(suffixes) > 1
-        for flag in flags:
-            seen[flag].append(name)
         for k, (img2d, suffix) in enumerate(zip(scaled, suffixes, strict=True)):
             images.append(NativeImage(img2d[None].clone(), name + suffix, f, kind,
                                       k if suffix else None, (lo, hi), tuple(flags)))
