@@ -224,21 +224,29 @@ def _super_resolution(out: list[str]) -> None:
     if not r:
         return
     m = r["metrics"]
-    methods = [x for x in ("nearest", "bicubic", "lanczos", "srresnet", "srfeat", "srgan") if key("ct", x, "psnr") in m]
+    methods = [x for x in ("nearest", "bicubic", "lanczos", "srresnet", "srl1", "srfeat", "srgan") if key("ct", x, "psnr") in m]
     n = int(m.get(key("ct", "n_scored"), 0))
     cells = [f"{x} {_f(m[key('ct', x, 'psnr')], 2)} dB / {_f(m[key('ct', x, 'ssim')], 3)} / "
              f"{_sig(m[key('ct', x, 'feature')], 2)}" for x in methods]
     bits = ["PSNR / SSIM inside the head mask / feature distance in the judge encoder: " + "; ".join(cells)]
-    for x in ("srresnet", "srgan"):
+    for x in ("srresnet", "srl1", "srgan"):
         if key("ct", x, "psnr_vs_bicubic_mean") in m:
             bits.append(f"{x} - bicubic: {m[key('ct', x, 'psnr_vs_bicubic_mean')]:+.2f} ± "
                         f"{m[key('ct', x, 'psnr_vs_bicubic_ci95')]:.2f} dB (95 % t-CI over slices)")
+    if key("ct", "srgan_vs_srl1", "feature_mean") in m:
+        bits.append("SRGAN - the L1 control with as many steps (srl1): feature "
+                    f"{_sig(m[key('ct', 'srgan_vs_srl1', 'feature_mean')], 2)} ± {_sig(m[key('ct', 'srgan_vs_srl1', 'feature_ci95')], 2)}, "
+                    f"PSNR {m[key('ct', 'srgan_vs_srl1', 'psnr_mean')]:+.2f} ± {m[key('ct', 'srgan_vs_srl1', 'psnr_ci95')]:.2f} dB")
+    if key("ct", "srgan", "detail") in m:
+        bits.append("fine-detail energy over the truth's (realism; 1 = the real slice's): " + ", ".join(
+            f"{x} {_f(m[key('ct', x, 'detail')], 2)}" for x in methods))
     if key("ct", "srgan", "invented_detail_frac") in m:
         bits.append("head pixels with more fine detail than the truth: " + ", ".join(
-            f"{x} {100 * m[key('ct', x, 'invented_detail_frac')]:.2f} %" for x in ("bicubic", "srresnet", "srfeat", "srgan")
+            f"{x} {100 * m[key('ct', x, 'invented_detail_frac')]:.2f} %" for x in ("bicubic", "srresnet", "srl1", "srfeat", "srgan")
             if key("ct", x, "invented_detail_frac") in m))
     out += [f"**Super-resolution x4 on head CT** (`05_super_resolution` @ {r['commit']}; {n} held-out test "
-            "slices from a block of scans no model trained on): " + "; ".join(bits) + ".", ""]
+            "slices from a block of file numbers no model trained on; intervals treat slices as independent): "
+            + "; ".join(bits) + ".", ""]
 
 
 def render() -> str:

@@ -36,7 +36,7 @@ from .train import FitConfig, fit
 from .utils import CHECKPOINT_DIR, REPO_ROOT
 
 __all__ = ["METHODS", "encoder_path", "feature_distance", "interpolate", "load_patch_encoder",
-           "compare_methods", "evaluate_model", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_sr", "train_patch_encoder"]
+           "compare_methods", "detail_ratio", "evaluate_model", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_sr", "train_patch_encoder"]
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METHODS = BASELINES  # models are added by name in the notebook
@@ -217,7 +217,8 @@ def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: Patch
     per: dict[str, dict[str, torch.Tensor]] = {}
     hr_crop = _head_crops(hr, mask, feature_side)
     for name, out in outputs.items():
-        m = {"psnr": masked_psnr(out, hr, mask), "ssim": masked_ssim(out, hr, mask)}
+        m = {"psnr": masked_psnr(out, hr, mask), "ssim": masked_ssim(out, hr, mask),
+             "detail": detail_ratio(out, hr, mask)}
         if mask is not None:
             m |= {"psnr_whole": masked_psnr(out, hr), "ssim_whole": masked_ssim(out, hr)}
         crop = _head_crops(out, mask, feature_side) if judge is not None or loss_net is not None else None
@@ -236,6 +237,14 @@ def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: Patch
     return {"per_image": per, "summary": summary}
 
 
+def _detail_energy(x: torch.Tensor, sigma: float) -> np.ndarray:
+    from scipy import ndimage
+
+    a = x.detach().cpu().numpy()[:, 0].astype(np.float64)
+    energy = [ndimage.laplace(i) ** 2 for i in a]
+    return np.stack([ndimage.gaussian_filter(e, sigma) if sigma > 0 else e for e in energy])
+
+
 def high_frequency_excess(out: torch.Tensor, hr: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     """Where a method has more fine detail than the truth: local energy of the Laplacian of
     ``out`` minus that of ``hr``, both smoothed by a Gaussian of ``sigma`` px.
@@ -243,14 +252,21 @@ def high_frequency_excess(out: torch.Tensor, hr: torch.Tensor, sigma: float = 2.
     Positive where the output is busier than the truth (texture a GAN invents, ringing), negative
     where it is smoother (blur). (N, 1, H, W) -> (N, 1, H, W), in squared intensity units.
     """
-    from scipy import ndimage
+    return torch.from_numpy(_detail_energy(out, sigma) - _detail_energy(hr, sigma)).float()[:, None]
 
-    def energy(x: torch.Tensor) -> np.ndarray:
-        a = x.detach().cpu().numpy()[:, 0].astype(np.float64)
-        lap = np.stack([ndimage.laplace(i) for i in a])
-        return np.stack([ndimage.gaussian_filter(i * i, sigma) for i in lap])
 
-    return torch.from_numpy(energy(out) - energy(hr)).float()[:, None]
+def detail_ratio(out: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per image, the fine-detail energy of ``out`` (mean squared Laplacian, inside ``mask``) over
+    that of the truth: 1 = as much fine detail as the real slice, < 1 smoother, > 1 busier.
+
+    A *realism* number, not an accuracy one: it ignores where the detail is, so a method can
+    score 1 with the wrong texture. It is the other axis of the perception-distortion trade-off
+    (Blau & Michaeli 2018), which PSNR, SSIM and paired feature distances do not measure.
+    (N, 1, H, W) -> (N,).
+    """
+    eo, eh = _detail_energy(out, 0.0), _detail_energy(hr, 0.0)
+    m = np.ones_like(eo, bool) if mask is None else mask.cpu().numpy()[:, 0]
+    return torch.tensor([float(a[k].mean() / max(b[k].mean(), 1e-12)) for a, b, k in zip(eo, eh, m)])
 
 
 def compare_methods(models: Mapping[str, Any], lr: torch.Tensor, hr: torch.Tensor,

@@ -277,3 +277,15 @@ def test_srgan_discriminator_has_no_normalisation():
     norms = (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
     assert not any(isinstance(mod, norms) for mod in m.D.modules())
     assert m._logits(torch.zeros(2, 1, 32, 32)).shape[:2] == (2, 1)
+
+
+def test_detail_ratio_is_one_for_the_truth_below_one_for_blur_above_for_added_texture():
+    from medgan_utils.superres import detail_ratio
+
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-3, 3, 64), torch.linspace(-3, 3, 64), indexing="ij")
+    hr = (0.5 * torch.sin(3 * xx) * torch.cos(2 * yy) + 0.05 * torch.randn(64, 64))[None, None]
+    blurred = torch.nn.functional.avg_pool2d(hr, 3, 1, 1)
+    busier = hr + 0.05 * torch.randn_like(hr)
+    assert float(detail_ratio(hr, hr)) == pytest.approx(1.0)
+    assert float(detail_ratio(blurred, hr)) < 0.5 < 1.5 < float(detail_ratio(busier, hr))
