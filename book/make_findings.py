@@ -240,10 +240,10 @@ def _super_resolution(out: list[str]) -> None:
     if key("ct", "srgan", "detail") in m:
         bits.append("fine-detail energy over the truth's (realism; 1 = the real slice's): " + ", ".join(
             f"{x} {_f(m[key('ct', x, 'detail')], 2)}" for x in methods))
-    if key("ct", "srgan", "invented_detail_frac") in m:
+    if key("ct", "srgan", "excess_detail_frac") in m:
         bits.append("head pixels with more fine detail than the truth: " + ", ".join(
-            f"{x} {100 * m[key('ct', x, 'invented_detail_frac')]:.2f} %" for x in ("bicubic", "srresnet", "srl1", "srfeat", "srgan")
-            if key("ct", x, "invented_detail_frac") in m))
+            f"{x} {100 * m[key('ct', x, 'excess_detail_frac')]:.2f} %" for x in ("bicubic", "srresnet", "srl1", "srfeat", "srgan")
+            if key("ct", x, "excess_detail_frac") in m))
     out += [f"**Super-resolution x4 on head CT** (`05_super_resolution` @ {r['commit']}; {n} held-out test "
             "slices from a block of file numbers no model trained on; intervals treat slices as independent): "
             + "; ".join(bits) + ".", ""]
