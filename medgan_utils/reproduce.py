@@ -100,6 +100,7 @@ TOLERANCES: tuple[tuple[str, Tolerance], ...] = (
     ("*wall_s*", TIMING),
     ("*seconds*", TIMING),
     ("*_per_s", TIMING),
+    ("*ms_per_*", TIMING),
     ("*speedup*", TIMING),
     ("*peak_memory*", TIMING),
     ("n_*", DATA),

@@ -40,7 +40,7 @@ def test_rules_exact_fd_timing_and_data():
     for name in ("dcgan/fd", "gan/floor_fd", "per_class/malignant/fd_ratio", "small_data/ema/fd_ratio_mean"):
         assert tolerance_for(name) is FD, name
     for name in ("wall_s", "live/0.1/real/train_seconds", "pil_images_per_s", "tensor_path_speedup",
-                 "peak_memory_mb", "speedup"):
+                 "peak_memory_mb", "speedup", "ct/srgan/ms_per_image", "bicubic_ms_per_slice"):
         assert tolerance_for(name) is TIMING, name
     for name in ("n_train", "gans/0.1/n_real", "frac_class0_train", "mean_intensity_class1"):
         assert tolerance_for(name) is DATA, name
