@@ -140,7 +140,17 @@ def _stem(rel: Path) -> str:
     return (rel.parent / name[:len(name) - cut]).as_posix()
 
 
-def _read_inputs(inputs: Iterable[str | os.PathLike], window: tuple[float, float] | None
+AUTO = "auto"
+EIGHT_BIT = "the course's 8-bit mapping (stored 0 -> -1, 255 -> 1)"
+
+
+def _eight_bit(image: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """A per-file min-max image (stored ``lo`` -> -1, ``hi`` -> 1) re-mapped to 0 -> -1, 255 -> 1."""
+    stored = lo + (image + 1) / 2 * (hi - lo)
+    return stored / 127.5 - 1
+
+
+def _read_inputs(inputs: Iterable[str | os.PathLike], window: tuple[float, float] | str | None
                  ) -> tuple[list[_Item], list[str]]:
     items: list[_Item] = []
     notes: list[str] = []
@@ -152,7 +162,8 @@ def _read_inputs(inputs: Iterable[str | os.PathLike], window: tuple[float, float
             items += [_Item(img, f"{p}[{i}]", p, f"{p.stem}_{i:04d}", how, span)
                       for i, img in enumerate(x)]
             continue
-        images, more = read_images(p, window)
+        auto = window == AUTO
+        images, more = read_images(p, None if auto else window)
         notes += more
         base = p.parent if p.is_file() else p
         for im in images:
@@ -160,10 +171,16 @@ def _read_inputs(inputs: Iterable[str | os.PathLike], window: tuple[float, float
             if im.index is not None:
                 stem += f"_{'z' if im.kind == 'nifti' else 'f'}{im.index:03d}"
             lo, hi = im.stored_range
-            how = f"window {window[0]:g}/{window[1]:g}" if window else "min-max of the file"
-            how += f": stored {lo:g} -> -1, {hi:g} -> 1" + (", clipped" if window else "")
-            how += ", inverted (MONOCHROME1)" if "MONOCHROME1" in im.flags else ""
-            items.append(_Item(im.image, str(base / im.source), im.path, stem, how, (lo, hi),
+            image = im.image
+            if auto and im.kind == "raster" and 0 <= lo and hi <= 255 and "MONOCHROME1" not in im.flags:
+                # An 8-bit file (PNG/JPEG): the fixed mapping every course model was trained with.
+                image, how, (lo, hi) = _eight_bit(im.image, lo, hi), EIGHT_BIT, (0.0, 255.0)
+            else:
+                fixed = window is not None and not auto
+                how = f"window {window[0]:g}/{window[1]:g}" if fixed else "min-max of the file"
+                how += f": stored {lo:g} -> -1, {hi:g} -> 1" + (", clipped" if fixed else "")
+                how += ", inverted (MONOCHROME1)" if "MONOCHROME1" in im.flags else ""
+            items.append(_Item(image, str(base / im.source), im.path, stem, how, (lo, hi),
                                im.flags))
     return items, notes
 
@@ -213,7 +230,7 @@ def apply_to_files(
     scale: int | None = None,
     tile: int = 256,
     overlap: int = 32,
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float] | str | None = AUTO,
     force: bool = False,
     checkpoint: str | os.PathLike = "",
 ) -> list[dict[str, Any]]:
@@ -234,7 +251,10 @@ def apply_to_files(
         out_dir: output folder (created).
         scale: the enlargement the caller expects; an error if the model's differs.
         tile, overlap: see :func:`apply_tiled` (input pixels).
-        window: ``(center, width)`` in stored units (HU for CT) instead of per-file min-max.
+        window: ``"auto"`` (default): 8-bit raster files (PNG/JPEG with values in 0-255) get the
+            fixed mapping 0 -> -1, 255 -> 1 that every course model was trained with, other files
+            (16-bit, DICOM, NIfTI) per-file min-max; ``(center, width)`` in stored units (HU for
+            CT) for every file; None: per-file min-max for every file.
         force: overwrite existing outputs.
         checkpoint: the model's file, recorded in the note with its header.
 
@@ -286,7 +306,7 @@ def apply_to_files(
 
 
 def _write_note(out: Path, model: Any, checkpoint: str | os.PathLike, s: int, tile: int,
-                overlap: int, window: tuple[float, float] | None, read_notes: list[str],
+                overlap: int, window: tuple[float, float] | str | None, read_notes: list[str],
                 records: list[dict[str, Any]]) -> None:
     from . import __version__
     from .pretrained import read_facts
@@ -296,7 +316,9 @@ def _write_note(out: Path, model: Any, checkpoint: str | os.PathLike, s: int, ti
              else {"model": type(model).__name__, "config": model.config.to_dict()})
     when = time.strftime("%Y-%m-%d %H:%M:%S %z")
     version = f"medgan_utils {__version__}, commit {git_commit()}"
-    intensity = "min-max of each file" if window is None else f"window {window[0]:g}/{window[1]:g}"
+    intensity = ("min-max of each file" if window is None else
+                 "8-bit files: 0 -> -1, 255 -> 1; others: min-max of each file" if window == AUTO else
+                 f"window {window[0]:g}/{window[1]:g}")
     write_json(out / NOTE, {
         "command": "medgan apply", "created": when, "version": version,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "", "model": facts,

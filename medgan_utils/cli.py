@@ -147,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context around each tile in input pixels, at least the model's receptive "
                    "radius for seamless tiles (24 for the course's SRResNet) (default: %(default)s)")
     a.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"),
-                   help="intensity window in stored units (HU for CT), e.g. 40 400 (default: "
-                   "min-max of each file)")
+                   help="intensity window in stored units (HU for CT), e.g. 40 400 (default: 8-bit "
+                   "PNG/JPEG get the 0 -> -1, 255 -> 1 mapping the course's models were trained with, "
+                   "other files min-max of each file)")
+    a.add_argument("--minmax", action="store_true", help="stretch every file to its own min-max "
+                   "(also 8-bit ones)")
     a.add_argument("--force", action="store_true", help="overwrite existing outputs")
     a.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
 
@@ -374,7 +377,9 @@ def cmd_apply(ns) -> int:
     model, _, device = _load_model(ns, "apply")
     try:
         if ns.out.suffix.lower() != ".npz":
-            window = tuple(ns.window) if ns.window else None
+            if ns.minmax and ns.window:
+                raise ValueError("--minmax and --window exclude each other")
+            window = tuple(ns.window) if ns.window else None if ns.minmax else "auto"
             records = apply_to_files(model, ns.input, ns.out, scale=ns.scale, tile=ns.tile,
                                      overlap=ns.overlap, window=window, force=ns.force,
                                      checkpoint=ns.checkpoint)
@@ -382,10 +387,10 @@ def cmd_apply(ns) -> int:
                 h, w = r["output_size"]
                 print(f"{r['source']} -> {ns.out / r['outputs'][0]} ({h}x{w}), .npy beside it")
             print(f"what was done: {ns.out / 'apply_note.json'}")
-            if window is None:
-                print("note: each file was stretched to its own min-max. The course's models were trained on "
-                      "8-bit images mapped 0 -> -1, 255 -> 1: for 8-bit PNG/JPEG inputs, --window 127.5 255 "
-                      "reproduces that mapping (a CT DICOM needs a window in HU, e.g. --window 40 80).")
+            if any("min-max" in r["intensity"] for r in records):
+                print("note: some files were stretched to their own min-max (16-bit, DICOM, NIfTI, or "
+                      "--minmax). The course's models were trained on 8-bit images mapped 0 -> -1, "
+                      "255 -> 1; a CT DICOM may need a window in HU instead, e.g. --window 40 80.")
             return 0
         # A MedMNIST-like batch in, one out (the layout `medgan sample` writes).
         if len(ns.input) != 1 or ns.input[0].suffix.lower() != ".npz":

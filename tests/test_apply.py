@@ -165,11 +165,16 @@ def test_outputs_are_scaled_named_and_listed_in_the_note(scans, tmp_path):
     assert files_in(out) == listed | {"apply_note.json", "README.txt"}
     assert note["scale"] == 2 and note["tiling"] == {"tile": 8, "overlap": 2, "unit": "input pixels"}
     assert note["model"]["config"] == {"channels": 1, "scale": 2, "depth": 1}
-    assert "min-max" in note["images"][0]["intensity"] and "stored 0 -> -1" in note["images"][-1]["intensity"]
+    # 8-bit PNGs get the fixed mapping the course's models were trained with; the NIfTI volume min-max.
+    assert "8-bit" in note["images"][0]["intensity"] and "stored 0 -> -1" in note["images"][-1]["intensity"]
+    assert "min-max" in note["images"][2]["intensity"]
     assert "not for diagnosis" in (out / "README.txt").read_text()
 
-    # The PNG and the .npy hold the model's output for the image as read.
-    x = read_images(scans / "a.png")[0][0].image[None]
+    # The PNG and the .npy hold the model's output for the image as read: 0 -> -1, 255 -> 1.
+    raw = torch.from_numpy(np.asarray(Image.open(scans / "a.png"), dtype=np.float32))
+    x = (raw / 127.5 - 1)[None, None]
+    minmax = read_images(scans / "a.png")[0][0].image[None]
+    assert not torch.allclose(x, minmax)  # the file does not span 0-255, so the two mappings differ
     y = model.apply(x)[0, 0].numpy()
     np.testing.assert_allclose(np.load(out / "a.npy"), y, atol=1e-6)
     assert np.load(out / "a.npy").dtype == np.float32
@@ -249,3 +254,9 @@ def test_cli_applies_a_checkpoint_to_a_folder(sr_checkpoint, scans, tmp_path, ca
     with pytest.raises(SystemExit, match="notes.png"):
         cli.main(["apply", str(sr_checkpoint), str(scans), "--out", str(tmp_path / "o5")])
     assert not (tmp_path / "o3").exists() and not (tmp_path / "o5").exists()
+
+
+def test_window_none_stretches_8_bit_files_too(scans, tmp_path):
+    model = make_model(scale=1)
+    rec = apply_to_files(model, [scans / "a.png"], tmp_path / "o", window=None)
+    assert rec[0]["intensity"].startswith("min-max")
