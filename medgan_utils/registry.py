@@ -244,26 +244,26 @@ def _sr_build_kwargs(data: Arrays | None, config: SRConfig) -> dict[str, Any]:
     from .checkpoint import load_checkpoint, read_metadata
     from .superres import load_patch_encoder, resolve
 
-    def same_data(path: str, what: str) -> None:
+    def header_for_this_data(path: str, what: str) -> dict[str, Any]:
         # The srgan preset names chapter 05's CT files: training on another data set must name
         # its own (a CT encoder judging ultrasound, or a CT SRResNet as the start, is a mistake).
-        trained_on = read_metadata(resolve(path)).get("dataset")
+        header = read_metadata(resolve(path))
+        trained_on = header.get("dataset")
         if data is not None and trained_on and trained_on != data.name:
             raise ValueError(f"{what} {path} was trained on {trained_on}, but this run trains on "
                              f"{data.name}: pass --{what.replace('_', '-')} with a checkpoint for {data.name}")
+        return header
 
     kwargs: dict[str, Any] = {}
     if config.feature_weight > 0:
-        same_data(config.feature_net, "feature_net")
+        header_for_this_data(config.feature_net, "feature_net")
         kwargs["feature_net"] = load_patch_encoder(config.feature_net)
     if config.init_from:
-        same_data(config.init_from, "init_from")
-        meta = read_metadata(resolve(config.init_from))
-        start = meta.get("config", {})
-        for f in ("scale", "width", "n_blocks", "residual", "channels"):
-            if f in start and start[f] != getattr(config, f):
-                raise ValueError(f"init_from {config.init_from} has {f}={start[f]!r}, this config "
-                                 f"{getattr(config, f)!r}: the generators must match")
+        start = header_for_this_data(config.init_from, "init_from").get("config", {})
+        # Shapes are checked when the weights load; `residual` has no weights, so check it here.
+        if start.get("residual", config.residual) != config.residual:
+            raise ValueError(f"init_from {config.init_from} has residual={start['residual']!r}, this "
+                             f"config {config.residual!r}: the generators must match")
         tensors = load_checkpoint(resolve(config.init_from))["tensors"]
         kwargs["init_state"] = {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}
         if not kwargs["init_state"]:
