@@ -8,7 +8,9 @@ and ``<stem>.npy`` (float32 in [-1, 1]) per image, with ``apply_note.json`` and 
 saying what was done.
 
 The model protocol: ``model.apply(x)`` maps float (B, C, h, w) in [-1, 1] on ``model.device`` to
-(B, C, s*h, s*w) in [-1, 1], with s = ``model.config.scale`` (1 when the config has none).
+(B, C, s*h, s*w) in [-1, 1], with s = ``model.config.scale`` (1 when the config has none). An
+inpainting model (``config.task == "inpaint"``) takes the image and a hole mask (``--mask FILE``:
+a picture of the image's size, white or any value above its minimum = missing) as two channels.
 
 Introduced for ``medgan apply`` with the image-to-image chapters (05-07).
 """
@@ -86,6 +88,26 @@ def apply_tiled(model: Any, x: torch.Tensor, tile: int = 256, overlap: int = 32)
             out[:, :, top * s:bottom * s, left * s:right * s] = \
                 y[:, :, (top - t0) * s:(bottom - t0) * s, (left - l0) * s:(right - l0) * s]
     return out
+
+
+def needs_mask(model: Any) -> bool:
+    """Whether the model fills holes and so takes a mask beside each image."""
+    return getattr(model.config, "task", None) == "inpaint"
+
+
+def read_mask(path: str | os.PathLike) -> torch.Tensor:
+    """A hole mask from an image file: (1, H, W) float, 1 where the file's value is above its
+    minimum (a black-and-white PNG: white = missing). An error for a file of several images or
+    one without any hole."""
+    images, _ = read_images(Path(path).expanduser(), None)
+    if len(images) != 1:
+        raise ValueError(f"--mask {path}: expected one 2D image, found {len(images)}")
+    lo, hi = images[0].stored_range
+    mask = (images[0].image > -1.0).float() if hi > lo else torch.zeros_like(images[0].image)
+    if not mask.any():
+        raise ValueError(f"--mask {path} marks no pixel as missing (it is uniform): white (or any "
+                         f"value above the file's minimum) marks the hole")
+    return mask
 
 
 def check_scale(model: Any, scale: int | None) -> int:
@@ -233,6 +255,7 @@ def apply_to_files(
     window: tuple[float, float] | str | None = AUTO,
     force: bool = False,
     checkpoint: str | os.PathLike = "",
+    mask: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Apply an image-to-image model to image files at their own size; write PNG, NPY and a note.
 
@@ -257,6 +280,8 @@ def apply_to_files(
             CT) for every file; None: per-file min-max for every file.
         force: overwrite existing outputs.
         checkpoint: the model's file, recorded in the note with its header.
+        mask: for an inpainting model, the hole mask for every input (:func:`read_mask`; it
+            must have the images' size); an error for any other model.
 
     Returns:
         One record per output image, as in the note's ``"images"``.
@@ -269,12 +294,21 @@ def apply_to_files(
         FileNotFoundError: an input does not exist or holds no image.
     """
     s = check_scale(model, scale)
+    if needs_mask(model) and mask is None:
+        raise ValueError("this is an inpainting model: give the hole with --mask FILE (a picture of "
+                         "the image's size, white = missing)")
+    if mask is not None and not needs_mask(model):
+        raise ValueError("--mask is for inpainting models; this model restores whole images")
+    hole = read_mask(mask) if mask is not None else None
     channels = getattr(model.config, "channels", None)
     items, read_notes = _read_inputs(inputs, window)
     for item in items:
         if channels is not None and item.image.shape[0] != channels:
             raise ValueError(f"{item.source} gives {item.image.shape[0]}-channel images; the model "
                              f"takes {channels}")
+        if hole is not None and hole.shape[-2:] != item.image.shape[-2:]:
+            raise ValueError(f"--mask {mask} is {hole.shape[-2]}x{hole.shape[-1]}, but {item.source} "
+                             f"is {item.image.shape[-2]}x{item.image.shape[-1]}: they must match")
     out = Path(out_dir).expanduser()
     stems = _unique([item.stem for item in items])
     plan = [(out / f"{stem}.png", out / f"{stem}.npy") for stem in stems]
@@ -291,7 +325,8 @@ def apply_to_files(
                               f"another --out.")
     records = []
     for item, (png, npy) in zip(items, plan, strict=True):
-        y = apply_tiled(model, item.image[None], tile, overlap)[0]
+        x = item.image if hole is None else torch.cat([item.image * (1 - hole) - hole, hole])
+        y = apply_tiled(model, x[None], tile, overlap)[0]
         _write(png, _png(y))
         _write(npy, _npy(y))
         H, W = item.image.shape[1:]
@@ -300,6 +335,8 @@ def apply_to_files(
                         "intensity": item.intensity, "stored_range": list(item.stored_range),
                         "flags": list(item.flags),
                         "tiles": len(_spans(H, tile)) * len(_spans(W, tile)),
+                        **({"mask": str(Path(mask).resolve()),
+                            "hole_fraction": round(float(hole.mean()), 6)} if hole is not None else {}),
                         "outputs": [f.relative_to(out).as_posix() for f in (png, npy)]})
     _write_note(out, model, checkpoint, s, tile, overlap, window, read_notes, records)
     return records

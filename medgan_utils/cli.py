@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "other files min-max of each file)")
     a.add_argument("--minmax", action="store_true", help="stretch every file to its own min-max "
                    "(also 8-bit ones)")
+    a.add_argument("--mask", type=Path, default=None, metavar="FILE", help="inpainting models: the "
+                   "hole, a picture of the images' size (white = missing), used for every input")
     a.add_argument("--force", action="store_true", help="overwrite existing outputs")
     a.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
 
@@ -382,7 +384,7 @@ def cmd_apply(ns) -> int:
             window = tuple(ns.window) if ns.window else None if ns.minmax else "auto"
             records = apply_to_files(model, ns.input, ns.out, scale=ns.scale, tile=ns.tile,
                                      overlap=ns.overlap, window=window, force=ns.force,
-                                     checkpoint=ns.checkpoint)
+                                     checkpoint=ns.checkpoint, mask=ns.mask)
             for r in records:
                 h, w = r["output_size"]
                 print(f"{r['source']} -> {ns.out / r['outputs'][0]} ({h}x{w}), .npy beside it")
@@ -393,6 +395,8 @@ def cmd_apply(ns) -> int:
                       "255 -> 1; a CT DICOM may need a window in HU instead, e.g. --window 40 80.")
             return 0
         # A MedMNIST-like batch in, one out (the layout `medgan sample` writes).
+        if ns.mask is not None:
+            raise ValueError("--mask works with image files and folders, not with an output .npz")
         if len(ns.input) != 1 or ns.input[0].suffix.lower() != ".npz":
             raise ValueError(f"--out {ns.out}: an output .npz takes one .npz input; for image files "
                              f"and folders give an output folder")

@@ -30,6 +30,7 @@ from torch import nn
 
 from .data import Arrays, TensorLoader
 from .models.gan import GAN, PRESETS, GANConfig
+from .models.recon import RECON_PRESETS, ReconConfig, ReconModel
 from .models.sr import SR_PRESETS, SRConfig, SRModel
 from .train import FitConfig
 
@@ -238,14 +239,15 @@ register(ModelKind(
 # -- chapter 05: super-resolution -------------------------------------------------------------
 
 
-def _sr_build_kwargs(data: Arrays | None, config: SRConfig) -> dict[str, Any]:
-    # Training needs the frozen encoder of the feature loss and, for SRGAN, the SRResNet it
-    # starts from; both are named in the config (paths relative to the repository).
+def _paired_build_kwargs(data: Arrays | None, config: Any) -> dict[str, Any]:
+    # Image-to-image kinds (sr, recon): training needs the frozen encoder of a feature loss and,
+    # for a GAN, the pixel-loss model it starts from (SRGAN from SRResNet); both are named in the
+    # config (paths relative to the repository).
     from .checkpoint import load_checkpoint, read_metadata
     from .superres import load_patch_encoder, resolve
 
     def header_for_this_data(path: str, what: str) -> dict[str, Any]:
-        # The srgan preset names chapter 05's CT files: training on another data set must name
+        # The GAN presets name the course's CT files: training on another data set must name
         # its own (a CT encoder judging ultrasound, or a CT SRResNet as the start, is a mistake).
         header = read_metadata(resolve(path))
         trained_on = header.get("dataset")
@@ -260,10 +262,11 @@ def _sr_build_kwargs(data: Arrays | None, config: SRConfig) -> dict[str, Any]:
         kwargs["feature_net"] = load_patch_encoder(config.feature_net)
     if config.init_from:
         start = header_for_this_data(config.init_from, "init_from").get("config", {})
-        # Shapes are checked when the weights load; `residual` has no weights, so check it here.
-        if start.get("residual", config.residual) != config.residual:
-            raise ValueError(f"init_from {config.init_from} has residual={start['residual']!r}, this "
-                             f"config {config.residual!r}: the generators must match")
+        # Shapes are checked when the weights load; fields without weights are checked here.
+        for key in getattr(config, "UNWEIGHTED", ()):
+            if start.get(key, getattr(config, key)) != getattr(config, key):
+                raise ValueError(f"init_from {config.init_from} has {key}={start[key]!r}, this config "
+                                 f"{getattr(config, key)!r}: the generators must match")
         tensors = load_checkpoint(resolve(config.init_from))["tensors"]
         kwargs["init_state"] = {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}
         if not kwargs["init_state"]:
@@ -305,10 +308,59 @@ register(ModelKind(
     preset_help={"srresnet": "residual network trained with L1 (chapter 05)",
                  "srgan": "SRResNet + feature loss + adversarial loss, from a trained SRResNet (chapter 05)"},
     data_fields=lambda data, conditional: {"channels": data.n_channels},
-    build_kwargs=_sr_build_kwargs,
+    build_kwargs=_paired_build_kwargs,
     loader=_sr_loader,
     export_modules=lambda model: {"G": model.G},
     make_pairs=_sr_pairs,
     baseline=_sr_baseline,
     evaluate=_sr_evaluate,
+))
+
+
+# -- chapter 06: reconstruction ---------------------------------------------------------------
+
+
+def _recon_loader(data: Arrays, config: ReconConfig, batch_size: int, device: torch.device | str,
+                  seed: int) -> Iterable:
+    from .data import PairedLoader
+    from .reconstruction import InpaintLoader, task_data
+
+    patch = config.patch or None
+    if config.task == "inpaint":
+        return InpaintLoader(data.images, batch_size, device, seed=seed, patch=patch, kinds=config.levels())
+    if data.n_channels != 1 or data.images.ndim != 3:
+        raise ValueError(f"{config.task} simulates CT scans of grayscale slices; {data.name} has "
+                         f"{data.n_channels} channels")
+    inputs, targets = task_data(data.images, config.task, config.levels(), data.split,
+                                config.reference_photons)
+    return PairedLoader(inputs, targets, batch_size, device, seed=seed, patch=patch)
+
+
+def _recon_pairs(images: torch.Tensor, config: ReconConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # The first of the model's corruptions, as `medgan evaluate` scores it when the kind has no
+    # evaluate of its own; chapter 06 scores every level (reconstruction.evaluate_task).
+    from .reconstruction import hole_masks, inpaint_input, scan
+
+    level = config.levels()[0]
+    if config.task == "inpaint":
+        return inpaint_input(images, hole_masks(images.shape, level, seed)), images
+    u8 = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    rec = torch.from_numpy(scan(u8, config.task, level, seed, config.reference_photons))
+    return rec.float().div(127.5).sub(1.0)[:, None], images
+
+
+register(ModelKind(
+    "recon", ReconConfig, ReconModel, presets=RECON_PRESETS,
+    description="reconstruction generators of chapter 06 (inpainting, low-dose and sparse-view CT)",
+    preset_help={"inpaint-l1": "U-Net that fills holes, L1 inside the hole (chapter 06)",
+                 "inpaint": "the inpainting U-Net + conditional patch GAN, from inpaint-l1 (chapter 06)",
+                 "lowdose-l1": "U-Net on low-dose FBP (25 and 10 percent of the dose), L1 (chapter 06)",
+                 "lowdose": "low-dose U-Net + conditional patch GAN, from lowdose-l1 (chapter 06)",
+                 "sparseview-l1": "U-Net on sparse-view FBP (60 and 30 views), L1 (chapter 06)",
+                 "sparseview": "sparse-view U-Net + conditional patch GAN, from sparseview-l1 (chapter 06)"},
+    data_fields=lambda data, conditional: {"channels": data.n_channels},
+    build_kwargs=_paired_build_kwargs,
+    loader=_recon_loader,
+    export_modules=lambda model: {"G": model.G},
+    make_pairs=_recon_pairs,
 ))

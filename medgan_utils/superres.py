@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from .train import FitConfig, fit
 from .utils import CHECKPOINT_DIR, REPO_ROOT
 
 __all__ = ["METHODS", "encoder_path", "feature_distance", "interpolate", "load_patch_encoder",
-           "compare_methods", "detail_ratio", "evaluate_model", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_sr", "train_patch_encoder"]
+           "compare_methods", "detail_ratio", "evaluate_model", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_outputs", "score_sr", "train_patch_encoder"]
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METHODS = BASELINES  # models are added by name in the notebook
@@ -191,8 +191,8 @@ def _head_crops(x: torch.Tensor, mask: torch.Tensor | None, side: int) -> torch.
     return torch.stack(out)
 
 
-def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: PatchAutoencoder | None = None,
-             mask: torch.Tensor | None = None, against: str = "bicubic", *,
+def score_outputs(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: PatchAutoencoder | None = None,
+                  mask: torch.Tensor | None = None, against: str | Sequence[str] = "bicubic", *,
              loss_net: PatchAutoencoder | None = None, feature_side: int = 256) -> dict[str, Any]:
     """Score every method's outputs against the high-resolution truth, image by image.
 
@@ -201,7 +201,8 @@ def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: Patch
         hr: the truth (N, C, H, W).
         judge: the encoder of the feature distance (None: not reported).
         mask: where the headline PSNR/SSIM are computed (CT: :func:`head_mask`); None: whole image.
-        against: the method every other is compared with, image by image.
+        against: the method (or methods: every baseline) each other is compared with, image by
+            image.
         loss_net: also report the distance in this encoder's space (``feature_loss_net``): SRGAN's
             own loss network, to compare with the independent judge.
         feature_side: feature distances are computed on a ``feature_side`` px square centred on
@@ -228,13 +229,18 @@ def score_sr(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: Patch
             m["feature_loss_net"] = feature_distance(loss_net, crop, hr_crop)
         per[name] = m
     summary: dict[str, dict[str, Any]] = {}
+    refs = (against,) if isinstance(against, str) else tuple(against)
     for name, m in per.items():
         s: dict[str, Any] = {k: float(v.mean()) for k, v in m.items()}
-        if against in per and name != against:
-            for k, v in m.items():
-                s[f"{k}_vs_{against}"] = paired_ci(v.numpy(), per[against][k].numpy())
+        for ref in refs:
+            if ref in per and name != ref:
+                for k, v in m.items():
+                    s[f"{k}_vs_{ref}"] = paired_ci(v.numpy(), per[ref][k].numpy())
         summary[name] = s
     return {"per_image": per, "summary": summary}
+
+
+score_sr = score_outputs  # the name chapter 05 introduces it by
 
 
 def _detail_energy(x: torch.Tensor, sigma: float) -> np.ndarray:
@@ -285,7 +291,7 @@ def compare_methods(models: Mapping[str, Any], lr: torch.Tensor, hr: torch.Tenso
         outputs[name], ms[name] = run_method(lambda x, m=name: interpolate(x, scale, m), lr)
     for name, model in models.items():
         outputs[name], ms[name] = run_method(model.apply, lr)
-    scores = score_sr(outputs, hr, judge, mask, loss_net=loss_net)
+    scores = score_outputs(outputs, hr, judge, mask, loss_net=loss_net)
     for name in outputs:
         scores["summary"][name]["ms_per_image"] = ms[name]
     return outputs, scores

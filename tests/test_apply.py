@@ -260,3 +260,32 @@ def test_window_none_stretches_8_bit_files_too(scans, tmp_path):
     model = make_model(scale=1)
     rec = apply_to_files(model, [scans / "a.png"], tmp_path / "o", window=None)
     assert rec[0]["intensity"].startswith("min-max")
+
+
+def test_an_inpainting_model_takes_a_mask_file_and_keeps_every_known_pixel(tmp_path):
+    from medgan_utils.models.recon import ReconConfig, ReconModel
+
+    torch.manual_seed(0)
+    model = ReconModel(ReconConfig(task="inpaint", width=8))
+    img = (np.arange(48 * 40).reshape(48, 40) % 251).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "slice.png")
+    hole = np.zeros((48, 40), np.uint8)
+    hole[10:20, 5:25] = 255
+    Image.fromarray(hole).save(tmp_path / "hole.png")
+    with pytest.raises(ValueError, match="--mask"):
+        apply_to_files(model, [tmp_path / "slice.png"], tmp_path / "none")
+    Image.fromarray(hole[:40]).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="must match"):
+        apply_to_files(model, [tmp_path / "slice.png"], tmp_path / "bad", mask=tmp_path / "small.png")
+    Image.fromarray(np.zeros_like(hole)).save(tmp_path / "empty.png")
+    with pytest.raises(ValueError, match="no pixel"):
+        apply_to_files(model, [tmp_path / "slice.png"], tmp_path / "bad", mask=tmp_path / "empty.png")
+    records = apply_to_files(model, [tmp_path / "slice.png"], tmp_path / "out", mask=tmp_path / "hole.png")
+    assert records[0]["hole_fraction"] == pytest.approx(200 / (48 * 40), abs=1e-6)
+    out = np.asarray(Image.open(tmp_path / "out" / "slice.png"))
+    known = hole == 0
+    assert np.array_equal(out[known], img[known])  # outside the hole the input is copied through
+    assert not np.array_equal(out[~known], img[~known])
+    lowdose = ReconModel(ReconConfig(task="lowdose", width=8))
+    with pytest.raises(ValueError, match="inpainting"):
+        apply_to_files(lowdose, [tmp_path / "slice.png"], tmp_path / "ld", mask=tmp_path / "hole.png")

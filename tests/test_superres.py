@@ -276,7 +276,8 @@ def test_srgan_discriminator_has_no_normalisation():
     m = SRModel(SRConfig(width=8, n_blocks=1, adv_weight=1e-3, d_width=8))
     norms = (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
     assert not any(isinstance(mod, norms) for mod in m.D.modules())
-    assert m._logits(torch.zeros(2, 1, 32, 32)).shape[:2] == (2, 1)
+    x = torch.zeros(2, 1, 8, 8)  # the low-resolution input: an unconditional D ignores it
+    assert m._logits(x, torch.zeros(2, 1, 32, 32)).shape[:2] == (2, 1)
 
 
 def test_detail_ratio_is_one_for_the_truth_below_one_for_blur_above_for_added_texture():

@@ -10,7 +10,8 @@ depend on its batch), and the network predicts the *correction* to bicubic upsam
 learn to reproduce the image itself and training spends its steps on detail. (A freshly built
 model is *not* at bicubic: its random last layer adds a correction that costs a few dB.)
 
-Discriminator: MONAI's ``PatchDiscriminator`` without normalisation (see ``SRModel``: with
+Discriminator: MONAI's ``PatchDiscriminator`` without normalisation (see
+:class:`~.img2img.PairedModel`, which holds the training step chapters 05 and 06 share: with
 instance, group or batch norm it never left chance on CT); its logits are the last of the
 feature maps it returns, one per patch.
 
@@ -26,18 +27,17 @@ Introduced in ``notebooks/05_super_resolution.ipynb``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample
-from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
-from .losses import d_loss_bce, g_loss_non_saturating
+from .img2img import PairedModel, feature_loss
 
-__all__ = ["SRConfig", "SRModel", "SRResNet", "SR_PRESETS"]
+__all__ = ["SRConfig", "SRModel", "SRResNet", "SR_PRESETS", "feature_loss"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,9 @@ class SRConfig:
     d_width: int = 32
     lr: float = 2e-4
     lr_d: float = 1e-4
+
+    # Fields that shape the model but hold no weights: a start checkpoint must agree on them.
+    UNWEIGHTED: ClassVar[tuple[str, ...]] = ("residual",)
 
     def __post_init__(self) -> None:
         if self.scale < 2 or self.scale & (self.scale - 1):
@@ -140,20 +143,10 @@ class SRResNet(nn.Module):
         return y
 
 
-def feature_loss(encoder: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Mean over the encoder's feature maps of the MSE between those of ``fake`` and ``real``,
-    each map's MSE divided by the mean square of the real map (so every layer weighs alike)."""
-    loss = fake.new_zeros(())
-    with torch.no_grad():
-        targets = encoder.feature_maps(real)
-    maps = encoder.feature_maps(fake)
-    for f, t in zip(maps, targets):
-        loss = loss + F.mse_loss(f, t) / t.square().mean().clamp_min(1e-6)
-    return loss / len(maps)
-
-
-class SRModel:
-    """SRResNet or SRGAN as :func:`medgan_utils.train.fit` trains it (a batch is ``(lr, hr)``).
+class SRModel(PairedModel):
+    """SRResNet or SRGAN as :func:`medgan_utils.train.fit` trains it (a batch is ``(lr, hr)``);
+    the training step is :class:`~.img2img.PairedModel`'s, with the non-saturating BCE loss and
+    an unconditional D (input and output differ in size).
 
     Args:
         config: the architecture and loss.
@@ -165,76 +158,7 @@ class SRModel:
 
     def __init__(self, config: SRConfig, device: torch.device | str = "cpu",
                  feature_net: nn.Module | None = None, init_state: dict | None = None):
-        self.config = c = config
-        self.device = torch.device(device)
-        self.G = SRResNet(c).to(self.device)
-        if init_state is not None:
-            self.G.load_state_dict(init_state)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=(0.9, 0.999))
-        self.D = self.opt_D = None
-        if c.adversarial:
-            # No normalisation in D. Measured on CT patches against the shipped SRResNet: with
-            # instance, group or batch norm, D's loss stayed at chance (2 ln 2 = 1.386) for 120
-            # steps; without, it fell to 1.32 and on. Likely cause: each norm rescales every
-            # feature map (batch norm too: real and fake go through D in separate batches), which
-            # hides how much fine texture a patch has, the main difference between a smooth SR
-            # output and a real slice.
-            self.D = PatchDiscriminator(spatial_dims=2, channels=c.d_width, in_channels=c.channels,
-                                        num_layers_d=3, norm=None, bias=True).to(self.device)
-            self.opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_d, betas=(0.9, 0.999))
-        self.feature_net = feature_net.to(self.device).eval().requires_grad_(False) if feature_net else None
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"G": self.G, **({"D": self.D} if self.D is not None else {})}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"G": self.opt_G, **({"D": self.opt_D} if self.opt_D is not None else {})}
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.D(x)[-1]
-
-    def train_step(self, batches: Iterator) -> dict[str, float]:
-        lr, hr = next(batches)
-        c = self.config
-        self.G.train()
-        fake = self.G(lr)
-        log: dict[str, float] = {}
-        if c.adversarial:  # D first, on the same fakes G is then updated with
-            loss_D = d_loss_bce(self._logits(hr), self._logits(fake.detach()))
-            self.opt_D.zero_grad(set_to_none=True)
-            loss_D.backward()
-            self.opt_D.step()
-            log["loss_D"] = loss_D.item()
-        l1 = F.l1_loss(fake, hr)
-        loss_G = c.l1_weight * l1
-        log["l1"] = l1.item()
-        if c.feature_weight > 0:
-            if self.feature_net is None:
-                raise ValueError("this config has a feature loss: build the model with feature_net "
-                                 "(the frozen encoder; the 'sr' model kind loads config.feature_net)")
-            feat = feature_loss(self.feature_net, fake, hr)
-            loss_G = loss_G + c.feature_weight * feat
-            log["feature"] = feat.item()
-        if c.adversarial:
-            adv = g_loss_non_saturating(self._logits(fake))
-            loss_G = loss_G + c.adv_weight * adv
-            log["adv"] = adv.item()
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        self.opt_G.step()
-        log["loss_G"] = loss_G.item()
-        self._last = (lr[:8].detach(), hr[:8].detach())
-        return log
-
-    @torch.no_grad()
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Low-resolution (B, C, h, w) in [-1, 1] -> (B, C, scale h, scale w) in [-1, 1]."""
-        was = self.G.training
-        self.G.eval()
-        y = self.G(x.to(self.device)).clamp(-1.0, 1.0)
-        self.G.train(was)
-        return y
+        super().__init__(config, SRResNet(config), device, feature_net, init_state)
 
     def visuals(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Bicubic, model output and target of the last training batch's first patches."""

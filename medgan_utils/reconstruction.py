@@ -1,0 +1,271 @@
+"""Chapter 06: inpainting, low-dose CT and sparse-view CT on the head-CT slices, the classical
+baselines, and one scoring for all three tasks.
+
+* The five scored tasks (:data:`TASKS`): ``inpaint_ct`` (holes on the head, half boxes, half
+  brush strokes), ``lowdose_25`` and ``lowdose_10`` (25 % and 10 % of a reference dose of
+  :data:`REFERENCE_PHOTONS` photons per detector bin), ``sparse_60`` and ``sparse_30`` (60 and
+  30 of 180 projection angles). The slices are the chapter-05 block split at 256 px.
+* Scans (:func:`scan`): :mod:`~.data.ctsim`'s simulation, cached on disk, with a fixed noise
+  seed per split and the FBP filter that scored best on the validation slices for that setting
+  (:data:`FBP_FILTERS`, from ``benchmarks/fbp_filters.py``), so the FBP baseline is the best FBP.
+* Holes (:func:`hole_masks`, :func:`scored_holes`): box and stroke masks of fixed *pixel* sizes,
+  so a 128 px training patch and a 256 px test slice get holes of the same size; scored holes lie
+  on the head (at least 90 % of their pixels), since a hole over the black background is trivial.
+* Baselines: FBP itself, total variation (:func:`tv`), BM3D (:func:`bm3d_denoise`, the
+  ``bm3d`` package) with their weights chosen on the validation split (:func:`choose_weight`),
+  and biharmonic inpainting (:func:`biharmonic`).
+* Scoring (:func:`evaluate_task`): :func:`~.superres.score_outputs` inside the head mask (CT
+  tasks) or inside the hole (inpainting), every method against every baseline image by image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.ct import head_mask, load_ct
+from .data.ctsim import mu_scale, simulate_split
+from .data.degrade import apply_mask, box_mask, stroke_mask
+from .data.medmnist import mix_seed, seeded_generator
+from .data.paired import PairedLoader
+
+__all__ = ["FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "Task", "biharmonic", "bm3d_denoise",
+           "choose_weight", "ct_mu", "evaluate_task", "hole_masks", "InpaintLoader",
+           "scan", "scored_holes", "task_data", "tv"]
+
+CT_SIZE = 256
+REFERENCE_PHOTONS = 4e4  # full dose; 10 % of it (4,000) is LoDoPaB's low dose (4,096)
+# Noise seeds of the simulated scans, one per split (slice i of a split uses (seed, i)).
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+# The FBP filter with the best PSNR on 25 validation slices for each setting (measured by
+# benchmarks/fbp_filters.py -> results/benchmark_fbp_filters.json): the ramp filter is best
+# only at full dose; noise and streaks favour smoother filters.
+FBP_FILTERS = {("lowdose", 1.0): "ramp", ("lowdose", 0.25): "cosine", ("lowdose", 0.1): "cosine",
+               ("sparseview", 60): "cosine", ("sparseview", 30): "hann"}
+# Hole sizes in pixels (for 256 px slices and 128 px training patches alike).
+BOX_PX = (26, 64)
+STROKE_WIDTH_PX = (8, 16)
+STROKE_LENGTH_PX = (26, 64)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One scored task: the model task (``inpaint``/``lowdose``/``sparseview``) and its level
+    (dose fraction, view count; None for inpainting, which mixes boxes and strokes)."""
+
+    task: str
+    level: float | int | None
+    title: str
+
+
+TASKS = {
+    "inpaint_ct": Task("inpaint", None, "inpainting, boxes and strokes on the head"),
+    "lowdose_25": Task("lowdose", 0.25, "low-dose CT, 25 % of the reference dose"),
+    "lowdose_10": Task("lowdose", 0.1, "low-dose CT, 10 % of the reference dose"),
+    "sparse_60": Task("sparseview", 60, "sparse-view CT, 60 of 180 views"),
+    "sparse_30": Task("sparseview", 30, "sparse-view CT, 30 of 180 views"),
+}
+
+
+@lru_cache(maxsize=4)
+def ct_mu(size: int = CT_SIZE) -> float:
+    """The attenuation scale of every simulated scan: from the CT training split at ``size`` px
+    (:func:`~.data.ctsim.mu_scale`), so all splits and the user's images are scanned alike."""
+    return mu_scale(load_ct("train", size).images / 255.0)
+
+
+def scan_settings(task: str, level: float | int, reference_photons: float = REFERENCE_PHOTONS) -> dict[str, Any]:
+    """``simulate`` keyword arguments for a dose fraction (``lowdose``) or view count (``sparseview``)."""
+    if task == "lowdose":
+        return {"photons": reference_photons * float(level), "n_views": 180,
+                "filter_name": FBP_FILTERS.get(("lowdose", float(level)), "cosine")}
+    if task == "sparseview":
+        return {"photons": None, "n_views": int(level),
+                "filter_name": FBP_FILTERS.get(("sparseview", int(level)), "hann")}
+    raise ValueError(f"only lowdose and sparseview are scans, not {task!r}")
+
+
+def scan(images_u8: np.ndarray, task: str, level: float | int, split: str = "test",
+         reference_photons: float = REFERENCE_PHOTONS) -> np.ndarray:
+    """Simulated scans of uint8 slices (N, H, H), reconstructed by FBP (uint8, cached on disk);
+    the noise seed is the split's (:data:`SPLIT_SEEDS`; an int is taken as the seed)."""
+    seed = SPLIT_SEEDS[split] if isinstance(split, str) else int(split)
+    u8 = np.asarray(images_u8)
+    return simulate_split(u8, mu=ct_mu(u8.shape[-1]), seed=seed,
+                          **scan_settings(task, level, reference_photons))
+
+
+def _to_tensor(u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(u8).float().div(127.5).sub(1.0)[:, None]
+
+
+# -- holes ------------------------------------------------------------------------------------
+
+
+def hole_masks(shape: Sequence[int], kind: str, seed: int, image_side: int | None = None) -> torch.Tensor:
+    """Holes (1 = missing), one draw per image: ``"box"`` (one rectangle of :data:`BOX_PX` sides)
+    or ``"stroke"`` (one to three brush strokes). Sizes are in pixels of a 256 px slice, scaled to
+    ``image_side`` (the whole image's side; default the side of ``shape``), so a 128 px training
+    patch of a 256 px slice gets holes of the test slices' size. (B, 1, H, W) float."""
+    h = min(int(shape[-2]), int(shape[-1]))
+    k = (image_side or h) / CT_SIZE
+
+    def frac(px: tuple[int, int]) -> tuple[float, float]:
+        return max(1.0, px[0] * k) / h, min(1.0, max(1.0, px[1] * k) / h)
+
+    if kind == "box":
+        return box_mask(shape, n_boxes=1, size=frac(BOX_PX), seed=seed)
+    if kind == "stroke":
+        return stroke_mask(shape, n_strokes=(1, 3), max_vertices=4, length=frac(STROKE_LENGTH_PX),
+                           width=frac(STROKE_WIDTH_PX), seed=seed)
+    raise ValueError(f"hole kind must be 'box' or 'stroke', got {kind!r}")
+
+
+def scored_holes(images: torch.Tensor, seed: int = 0, min_inside: float = 0.9,
+                 kinds: Sequence[str] = ("box", "stroke")) -> tuple[torch.Tensor, list[str]]:
+    """One hole per held-out slice, on the head: slice i gets ``kinds[i % len(kinds)]``, redrawn
+    (seed ``(seed, i, try)``) until at least ``min_inside`` of it lies in the head mask.
+
+    Returns:
+        ``(masks (N, 1, H, W) float, kinds per slice)``.
+    """
+    heads = head_mask(images)
+    masks, names = [], []
+    for i in range(len(images)):
+        kind = kinds[i % len(kinds)]
+        for t in range(100):
+            m = hole_masks(images[i:i + 1].shape, kind, seed=mix_seed(seed, i, t) % 2**31)
+            if float((m.bool() & heads[i:i + 1]).sum()) >= min_inside * float(m.sum()):
+                break
+        masks.append(m)
+        names.append(kind)
+    return torch.cat(masks), names
+
+
+def inpaint_input(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The generator's input for inpainting: the image with the holes blanked, and the mask."""
+    return torch.cat([apply_mask(images, masks), masks.to(images)], 1)
+
+
+class InpaintLoader(PairedLoader):
+    """Random patches of clean images with fresh holes in every batch (half boxes, half strokes
+    when both are asked), seeded by ``(seed, epoch, batch)`` so a resumed run sees the same
+    holes. Yields ``(inpaint_input, clean)``: (B, C + 1, p, p) and (B, C, p, p)."""
+
+    def __init__(self, images, batch_size: int = 8, device: torch.device | str = "cpu", seed: int = 0,
+                 patch: int | None = None, kinds: Sequence[str] = ("box", "stroke")):
+        super().__init__(images, images, batch_size, device, seed=seed, patch=patch)
+        self.kinds = tuple(kinds)
+        self.image_side = int(self.targets.shape[-1])
+
+    def __iter__(self):
+        for epoch, step, idx in self._steps():
+            idx = idx.to(self.device)
+            y = self.targets[idx]
+            if self.patch is not None:
+                y, _ = self._crop(y, y, seeded_generator(self.seed, epoch, step))
+            seed = mix_seed(self.seed, epoch, step, 7) % 2**31
+            parts = torch.tensor_split(torch.arange(len(y)), len(self.kinds))
+            m = torch.cat([hole_masks(y[p].shape, k, seed + j, self.image_side)
+                           for j, (k, p) in enumerate(zip(self.kinds, parts, strict=True)) if len(p)])
+            yield inpaint_input(y, m.to(y.device)), y
+
+
+def task_data(images_u8: np.ndarray, task: str, levels: Sequence, split: str = "train",
+              reference_photons: float = REFERENCE_PHOTONS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training pairs of a CT task: the FBP of every slice at every level, stacked, and the clean
+    slices repeated to match: (L N, 1, H, W) each, in [-1, 1]."""
+    clean = _to_tensor(np.asarray(images_u8))
+    inputs = [_to_tensor(scan(images_u8, task, lv, split, reference_photons)) for lv in levels]
+    return torch.cat(inputs), clean.repeat(len(levels), 1, 1, 1)
+
+
+# -- classical baselines ----------------------------------------------------------------------
+
+
+def _per_image(fn: Callable[[np.ndarray], np.ndarray], x: torch.Tensor) -> torch.Tensor:
+    a = (x.detach().cpu().numpy()[:, 0].astype(np.float64) + 1) / 2
+    return torch.from_numpy(np.stack([fn(i) for i in a])).float().mul(2).sub(1).clamp(-1, 1)[:, None]
+
+
+def tv(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """Total-variation denoising (``skimage.restoration.denoise_tv_chambolle``) of each image,
+    ``weight`` in [0, 1] display units."""
+    from skimage.restoration import denoise_tv_chambolle
+
+    return _per_image(lambda a: denoise_tv_chambolle(a, weight=weight), x)
+
+
+def bm3d_denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """BM3D (Dabov et al. 2007; the ``bm3d`` package) of each image, noise ``sigma`` in [0, 1] units."""
+    import bm3d
+
+    return _per_image(lambda a: np.asarray(bm3d.bm3d(a, sigma_psd=sigma)), x)
+
+
+def biharmonic(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Biharmonic inpainting (``skimage.restoration.inpaint_biharmonic``): the smoothest fill that
+    joins the hole's border. ``x`` (N, 1, H, W) with holes, ``masks`` (N, 1, H, W), 1 = missing."""
+    from skimage.restoration import inpaint_biharmonic
+
+    a = (x.detach().cpu().numpy()[:, 0].astype(np.float64) + 1) / 2
+    m = masks.detach().cpu().numpy()[:, 0] > 0.5
+    out = np.stack([inpaint_biharmonic(i, k) for i, k in zip(a, m)])
+    return torch.from_numpy(out).float().mul(2).sub(1).clamp(-1, 1)[:, None]
+
+
+def choose_weight(method: Callable[[torch.Tensor, float], torch.Tensor], inputs: torch.Tensor,
+                  truth: torch.Tensor, grid: Sequence[float], mask: torch.Tensor | None = None) -> tuple[float, dict[float, float]]:
+    """The ``grid`` value with the best mean PSNR (in ``mask``) of ``method(inputs, value)``
+    against ``truth``: call it on *validation* slices, never on the test slices it will score."""
+    from .superres import masked_psnr
+
+    scores = {float(w): float(masked_psnr(method(inputs, w), truth, mask).mean()) for w in grid}
+    return max(scores, key=scores.get), scores
+
+
+# -- scoring ----------------------------------------------------------------------------------
+
+
+def evaluate_task(name: str, models: Mapping[str, Any], truth: torch.Tensor,
+                  inputs: torch.Tensor, masks: torch.Tensor | None = None,
+                  baselines: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                  judge: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Run baselines and models on one task's held-out inputs and score them all.
+
+    Args:
+        name: a key of :data:`TASKS`.
+        models: name -> model with ``apply`` (inputs as the model takes them).
+        truth: clean slices (N, 1, H, W) in [-1, 1].
+        inputs: the degraded slices (CT: the FBP; inpainting: :func:`inpaint_input`).
+        masks: inpainting holes (N, 1, H, W); the scores are inside them.
+        baselines: name -> function of the degraded image (inpainting: of ``(image, masks)``
+            through :func:`biharmonic`); the FBP itself is always reported for CT tasks.
+        judge: the encoder of the label-free feature distance.
+
+    Returns:
+        ``(outputs, scores)`` as :func:`~.superres.compare_methods` returns them, every method
+        compared with every baseline (``<metric>_vs_<baseline>``).
+    """
+    from .superres import run_method, score_outputs
+
+    task = TASKS[name]
+    outputs, ms = {}, {}
+    image = inputs[:, :1]
+    if task.task != "inpaint":
+        outputs["baseline_fbp"], ms["baseline_fbp"] = image, 0.0
+    for b, fn in (baselines or {}).items():
+        outputs[b], ms[b] = run_method(fn, inputs)
+    for m, model in models.items():
+        outputs[m], ms[m] = run_method(model.apply, inputs)
+    region = masks.bool() if task.task == "inpaint" else head_mask(truth)
+    against = tuple(k for k in outputs if k.startswith("baseline_"))
+    scores = score_outputs(outputs, truth, judge, region, against=against)
+    for m in outputs:
+        scores["summary"][m]["ms_per_image"] = ms[m]
+    return outputs, scores

@@ -1,0 +1,239 @@
+"""Chapter 06: the reconstruction model and kind, holes, simulated scans, baselines and scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medgan_utils import registry
+from medgan_utils.data.ct import ct_folder, head_mask, load_ct
+from medgan_utils.models.recon import ReconConfig, ReconModel, ReconUNet
+from medgan_utils.reconstruction import (
+    BOX_PX,
+    InpaintLoader,
+    biharmonic,
+    choose_weight,
+    evaluate_task,
+    hole_masks,
+    inpaint_input,
+    scan,
+    scored_holes,
+    task_data,
+    tv,
+)
+from medgan_utils.superres import masked_psnr
+
+
+def _ct_available() -> bool:
+    try:
+        ct_folder()
+        return True
+    except Exception:
+        return False
+
+
+needs_ct = pytest.mark.skipif(not _ct_available(), reason="the ct_mri slices are not here (make data)")
+
+
+@pytest.fixture
+def sim_cache(tmp_path, monkeypatch):
+    # Simulated scans go to a temporary cache, not the repository's runs/.
+    import medgan_utils.data.ctsim as ctsim
+
+    monkeypatch.setattr(ctsim, "CACHE_DIR", tmp_path / "ct_sim_cache")
+    return tmp_path / "ct_sim_cache"
+
+
+def _smooth_images(n: int = 4, size: int = 32) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    base = torch.stack([0.6 * torch.sin(2 * xx + k) * torch.cos(1.5 * yy) for k in range(n)])
+    return base[:, None].clamp(-1, 1)
+
+
+@pytest.mark.parametrize("bad", [{"task": "denoise"}, {"task": "lowdose", "corruptions": "2.0"},
+                                 {"task": "sparseview", "corruptions": "60,x"},
+                                 {"task": "inpaint", "corruptions": "circle"}, {"patch": 100},
+                                 {"l1_weight": 0.0}, {"gan_loss": "hinge"}])
+def test_config_refuses_bad_settings_with_a_message(bad):
+    with pytest.raises(ValueError, match=r"\w"):
+        ReconConfig(**bad)
+
+
+def test_config_levels_parse_per_task():
+    assert ReconConfig(task="lowdose").levels() == [0.25, 0.1]
+    assert ReconConfig(task="sparseview", corruptions="60, 30").levels() == [60, 30]
+    assert ReconConfig(task="inpaint", corruptions="stroke").levels() == ["stroke"]
+    assert ReconConfig(task="inpaint").in_channels == 2 and ReconConfig().in_channels == 1
+
+
+def test_inpainting_generator_keeps_every_known_pixel_and_fills_only_the_hole():
+    torch.manual_seed(0)
+    g = ReconUNet(ReconConfig(task="inpaint", width=8))
+    x = _smooth_images(2, 32)
+    m = hole_masks(x.shape, "box", seed=1)
+    out = g(inpaint_input(x, m))
+    known = m == 0
+    assert torch.equal(out[known], x[known])
+    assert not torch.allclose(out[~known], x[~known])  # the hole holds the network's guess
+
+
+def test_ct_generator_predicts_a_correction_to_its_input():
+    g = ReconUNet(ReconConfig(task="lowdose", width=8))
+    last = g.net.final_conv.conv if hasattr(g.net.final_conv, "conv") else g.net.final_conv
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    x = _smooth_images(2, 32)
+    assert torch.allclose(g(x), x)
+
+
+def test_inpainting_loss_ignores_everything_outside_the_hole():
+    m = ReconModel(ReconConfig(task="inpaint", width=8))
+    x = _smooth_images(2, 32)
+    mask = hole_masks(x.shape, "box", seed=3)
+    fake = x + 0.3 * mask
+    other_target = x + 0.5 * (1 - mask)  # differs from x only outside the hole
+    inp = inpaint_input(x, mask)
+    assert float(m.pixel_loss(fake, x, inp)) == pytest.approx(0.3, abs=1e-5)  # mean L1 in the hole
+    assert float(m.pixel_loss(fake, other_target, inp)) == pytest.approx(0.3, abs=1e-5)
+
+
+def test_l1_training_step_lowers_the_loss_and_the_gan_step_trains_a_conditional_d():
+    torch.manual_seed(0)
+    clean = _smooth_images(8, 32)
+    noisy = (clean + 0.2 * torch.randn_like(clean)).clamp(-1, 1)
+    m = ReconModel(ReconConfig(task="lowdose", width=8, lr=2e-3))
+    batches = iter([(noisy, clean)] * 200)
+    first = m.train_step(batches)["l1"]
+    for _ in range(40):
+        last = m.train_step(batches)["l1"]
+    assert last < 0.85 * first
+    gan = ReconModel(ReconConfig(task="lowdose", width=8, adv_weight=0.01, d_width=8),
+                     init_state=m.G.state_dict())
+    assert gan.D.model[0].conv.in_channels == 2  # input beside output (pix2pix)
+    log = gan.train_step(iter([(noisy, clean)]))
+    assert {"loss_D", "adv", "l1"} <= set(log)
+    assert torch.allclose(gan.apply(noisy[:2]), m.apply(noisy[:2]), atol=0.2)
+
+
+def test_hole_sizes_are_in_pixels_of_the_whole_slice():
+    # A 128 px patch of a 256 px slice gets boxes of the slice's pixel sizes.
+    for side, image_side in [(256, None), (128, 256)]:
+        m = hole_masks((40, 1, side, side), "box", seed=0, image_side=image_side)
+        rows = m.amax(-1).sum(-1).flatten()
+        assert BOX_PX[0] - 1 <= rows.min() and rows.max() <= BOX_PX[1] + 1
+    small = hole_masks((40, 1, 28, 28), "box", seed=0)  # PneumoniaMNIST: scaled to 28 px
+    assert small.amax(-1).sum(-1).max() <= 8
+
+
+def test_inpaint_loader_is_seeded_resumable_and_matches_its_inputs():
+    imgs = (np.random.default_rng(0).random((12, 64, 64)) * 255).astype(np.uint8)
+    a = InpaintLoader(imgs, batch_size=4, seed=5, patch=32)
+    first = [tuple(t.clone() for t in b) for _, b in zip(range(3), iter(a))]
+    x, y = first[0]
+    assert x.shape == (4, 2, 32, 32) and y.shape == (4, 1, 32, 32)
+    hole = x[:, 1:] > 0.5
+    assert hole.any() and torch.equal(x[:, :1][hole], torch.full_like(x[:, :1][hole], -1.0))
+    assert torch.equal(x[:, :1][~hole], y[~hole])
+    b = InpaintLoader(imgs, batch_size=4, seed=5, patch=32)
+    it = iter(b)
+    next(it)
+    state = b.state_dict()
+    c = InpaintLoader(imgs, batch_size=4, seed=5, patch=32)
+    c.load_state_dict(state)
+    assert torch.equal(next(iter(c))[0], first[1][0])  # a resumed loader cuts the same holes
+    other = next(iter(InpaintLoader(imgs, batch_size=4, seed=6, patch=32)))[0]
+    assert not torch.equal(other, x)
+
+
+def test_simulated_scans_are_cached_seeded_and_worse_at_lower_dose(sim_cache):
+    u8 = (np.clip(_smooth_images(2, 32)[:, 0].numpy() * 0.5 + 0.5, 0, 1) * 200).astype(np.uint8)
+    import medgan_utils.reconstruction as rec
+
+    rec.ct_mu.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rec, "ct_mu", lambda size=32: 0.05)
+            hi = scan(u8, "lowdose", 0.25, "test")
+            lo = scan(u8, "lowdose", 0.1, "test")
+            again = scan(u8, "lowdose", 0.25, "test")
+            other_seed = scan(u8, "lowdose", 0.25, "val")
+    finally:
+        rec.ct_mu.cache_clear()
+    assert hi.dtype == np.uint8 and hi.shape == u8.shape
+    assert np.array_equal(hi, again) and not np.array_equal(hi, other_seed)
+    err = lambda r: np.mean((r.astype(float) - u8) ** 2)  # noqa: E731
+    assert err(lo) > err(hi)
+    assert len(list(sim_cache.glob("*.npz"))) == 3
+
+
+def test_tv_and_biharmonic_beat_the_corrupted_input_and_the_weight_is_chosen_inside_the_grid():
+    torch.manual_seed(0)
+    clean = _smooth_images(4, 48)
+    noisy = (clean + 0.15 * torch.randn_like(clean)).clamp(-1, 1)
+    assert masked_psnr(tv(noisy, 0.1), clean).mean() > masked_psnr(noisy, clean).mean() + 3
+    best, scores = choose_weight(tv, noisy, clean, [0.001, 0.03, 0.1, 0.3, 3.0])
+    assert best not in (0.001, 3.0) and scores[best] == max(scores.values())
+    m = hole_masks(clean.shape, "box", seed=2)
+    holed = inpaint_input(clean, m)[:, :1]
+    filled = biharmonic(holed, m)
+    hole = m.bool()
+    assert masked_psnr(filled, clean, hole).mean() > masked_psnr(holed, clean, hole).mean() + 10
+
+
+def test_scoring_ranks_the_truth_first_and_added_noise_last():
+    # The yardstick: an oracle beats the baseline, a noisier output loses to it, on every image.
+    torch.manual_seed(0)
+    clean = _smooth_images(6, 48) * 0.5 + 0.2
+    fbp = (clean + 0.1 * torch.randn_like(clean)).clamp(-1, 1)
+
+    class Fixed:
+        def __init__(self, fn):
+            self.apply = fn
+
+    def truth_of(x):  # the clean slices of these inputs (methods run in batches)
+        return torch.stack([clean[int((fbp == xi).flatten(1).all(1).nonzero()[0])] for xi in x])
+
+    models = {"oracle": Fixed(truth_of),
+              "worse": Fixed(lambda x: (x + 0.2 * torch.randn_like(x)).clamp(-1, 1))}
+    _, scores = evaluate_task("lowdose_25", models, clean, fbp,
+                              baselines={"baseline_tv": lambda x: tv(x, 0.05)})
+    s = scores["summary"]
+    assert s["oracle"]["psnr"] > s["baseline_tv"]["psnr"] > s["baseline_fbp"]["psnr"] > s["worse"]["psnr"]
+    assert s["oracle"]["psnr_vs_baseline_fbp"].lo > 0 and s["worse"]["psnr_vs_baseline_fbp"].hi < 0
+    assert "ssim_vs_baseline_tv" in s["oracle"]
+
+
+@needs_ct
+def test_scored_holes_lie_on_the_head_and_alternate_shapes():
+    x = load_ct("test", 256).tensors()[:4]
+    masks, kinds = scored_holes(x, seed=0)
+    heads = head_mask(x)
+    assert kinds == ["box", "stroke", "box", "stroke"]
+    inside = (masks.bool() & heads).flatten(1).sum(1) / masks.flatten(1).sum(1)
+    assert bool((inside >= 0.9).all())
+    again, _ = scored_holes(x, seed=0)
+    assert torch.equal(masks, again)
+
+
+@needs_ct
+def test_recon_kind_trains_through_the_registry_and_a_gan_starts_from_its_twin(tmp_path, sim_cache):
+    from medgan_utils.pretrained import export, train_model
+    from medgan_utils.train import FitConfig
+
+    kind = registry.get_kind("recon")
+    data = load_ct("train", 32)
+    data = type(data)(data.name, data.split, data.size, data.images[:6], data.labels[:6])
+    cfg = kind.config("sparseview-l1", data, width=8, patch=16, corruptions="30")
+    model, hist = train_model(cfg, data, FitConfig(steps=3, log_every=1), seed=0, batch_size=4,
+                              out_dir=tmp_path / "run")
+    assert hist.step == 3
+    path = export(model, tmp_path / "twin.safetensors", hist, dataset="ct")
+    gan_cfg = kind.config("sparseview", data, width=8, patch=16, corruptions="30", d_width=8,
+                          init_from=str(path))
+    gan = kind.build(gan_cfg, data=data)
+    assert all(torch.equal(a, b) for a, b in zip(gan.G.state_dict().values(), model.G.state_dict().values()))
+    with pytest.raises(ValueError, match="task"):
+        kind.build(kind.config("lowdose", data, width=8, init_from=str(path)), data=data)
+    inputs, targets = task_data(data.images, "sparseview", [30], "train")
+    assert inputs.shape == targets.shape == (6, 1, 32, 32)
