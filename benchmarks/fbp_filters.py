@@ -41,7 +41,8 @@ def main() -> None:
     val = load_ct("val", ns.size).images
     clean = val[:: max(1, len(val) // ns.n)][:ns.n] / 255.0
     mu = ct_mu(ns.size)
-    out: dict[str, float | str] = {"mu_per_pixel": mu, "n_slices": len(clean)}
+    out: dict[str, float] = {"mu_per_pixel": mu, "n_slices": len(clean)}
+    best: dict[str, str] = {}
     for name, kw in SETTINGS.items():
         for f in FILTERS:
             t0 = time.perf_counter()
@@ -50,8 +51,8 @@ def main() -> None:
                                                      for r, c in zip(rec, clean)]))
             out[f"{name}/{f}/seconds_per_slice"] = (time.perf_counter() - t0) / len(clean)
             print(f"{name:12s} {f:12s} PSNR {out[f'{name}/{f}/psnr']:6.2f} dB", flush=True)
-        out[f"{name}/best"] = max(FILTERS, key=lambda f: out[f"{name}/{f}/psnr"])
-    print(f"-> {run.finish(out)}")
+        best[name] = max(FILTERS, key=lambda f: out[f"{name}/{f}/psnr"])
+    print(f"best: {best}\n-> {run.finish(out, extra={'best_filter': best})}")
 
 
 if __name__ == "__main__":
