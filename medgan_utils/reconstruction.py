@@ -33,6 +33,7 @@ from .data.ctsim import mu_scale, simulate_split
 from .data.degrade import apply_mask, box_mask, stroke_mask
 from .data.medmnist import mix_seed, seeded_generator
 from .data.paired import PairedLoader
+from .superres import encoder_path, load_patch_encoder, masked_psnr, run_method, score_outputs
 
 __all__ = ["FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "Task", "biharmonic", "bm3d_denoise",
            "choose_weight", "ct_mu", "evaluate_task", "hole_masks", "InpaintLoader",
@@ -223,8 +224,6 @@ def choose_weight(method: Callable[[torch.Tensor, float], torch.Tensor], inputs:
                   truth: torch.Tensor, grid: Sequence[float], mask: torch.Tensor | None = None) -> tuple[float, dict[float, float]]:
     """The ``grid`` value with the best mean PSNR (in ``mask``) of ``method(inputs, value)``
     against ``truth``: call it on *validation* slices, never on the test slices it will score."""
-    from .superres import masked_psnr
-
     scores = {float(w): float(masked_psnr(method(inputs, w), truth, mask).mean()) for w in grid}
     return max(scores, key=scores.get), scores
 
@@ -239,7 +238,7 @@ def evaluate_task(name: str, models: Mapping[str, Any], truth: torch.Tensor,
     """Run baselines and models on one task's held-out inputs and score them all.
 
     Args:
-        name: a key of :data:`TASKS`.
+        name: a key of :data:`TASKS`, or a model task (``"inpaint"``, ...) for other data.
         models: name -> model with ``apply`` (inputs as the model takes them).
         truth: clean slices (N, 1, H, W) in [-1, 1].
         inputs: the degraded slices (CT: the FBP; inpainting: :func:`inpaint_input`).
@@ -252,20 +251,123 @@ def evaluate_task(name: str, models: Mapping[str, Any], truth: torch.Tensor,
         ``(outputs, scores)`` as :func:`~.superres.compare_methods` returns them, every method
         compared with every baseline (``<metric>_vs_<baseline>``).
     """
-    from .superres import run_method, score_outputs
-
-    task = TASKS[name]
+    kind = TASKS[name].task if name in TASKS else name
+    if kind not in ("inpaint", "lowdose", "sparseview"):
+        raise ValueError(f"unknown task {name!r}: one of {sorted(TASKS)} or inpaint/lowdose/sparseview")
     outputs, ms = {}, {}
     image = inputs[:, :1]
-    if task.task != "inpaint":
+    if kind != "inpaint":
         outputs["baseline_fbp"], ms["baseline_fbp"] = image, 0.0
     for b, fn in (baselines or {}).items():
         outputs[b], ms[b] = run_method(fn, inputs)
     for m, model in models.items():
         outputs[m], ms[m] = run_method(model.apply, inputs)
-    region = masks.bool() if task.task == "inpaint" else head_mask(truth)
+    region = masks.bool() if kind == "inpaint" else head_mask(truth)
     against = tuple(k for k in outputs if k.startswith("baseline_"))
     scores = score_outputs(outputs, truth, judge, region, against=against)
     for m in outputs:
         scores["summary"][m]["ms_per_image"] = ms[m]
     return outputs, scores
+
+
+# -- the chapter's study, as the notebook and `medgan evaluate` run it --------------------------
+
+TV_GRID = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16)
+BM3D_GRID = (0.02, 0.04, 0.06, 0.09)
+
+
+def evenly(n_total: int, n: int | None) -> np.ndarray:
+    """``n`` indices spread evenly over ``range(n_total)`` (all of them for None)."""
+    return np.arange(n_total) if n is None or n >= n_total else np.linspace(0, n_total - 1, n).round().astype(int)
+
+
+def held_out(name: str, split: str = "test", n: int | None = None, size: int = CT_SIZE,
+             images_u8: np.ndarray | None = None) -> dict[str, Any]:
+    """One task's held-out slices: ``truth`` (N, 1, H, W) in [-1, 1], the model ``inputs`` (CT:
+    the FBP; inpainting: image with hole + mask), ``masks`` and hole ``kinds`` (inpainting), the
+    slices' ``index`` in the split. ``images_u8`` replaces the split's slices (e.g. a
+    modified copy of them)."""
+    task = TASKS[name]
+    u8 = load_ct(split, size).images if images_u8 is None else np.asarray(images_u8)
+    idx = evenly(len(u8), n) if images_u8 is None else np.arange(len(u8))
+    u8 = u8[idx]
+    truth = _to_tensor(u8)
+    out: dict[str, Any] = {"truth": truth, "index": idx, "masks": None, "kinds": None}
+    if task.task == "inpaint":
+        masks, kinds = scored_holes(truth, seed=SPLIT_SEEDS[split])
+        out |= {"inputs": inpaint_input(truth, masks), "masks": masks, "kinds": kinds}
+    else:
+        out["inputs"] = _to_tensor(scan(u8, task.task, task.level, split))
+    return out
+
+
+def classical_baselines(name: str, val: Mapping[str, Any] | None = None, bm3d: bool = True
+                        ) -> tuple[dict[str, Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]:
+    """The classical methods for a task, with their weights chosen on validation slices ``val``
+    (:func:`held_out` of the ``"val"`` split): TV (and BM3D for low dose, when ``bm3d``) for the
+    CT tasks, biharmonic for inpainting. Returns ``(name -> function of the inputs, choices)``."""
+    kind = TASKS[name].task if name in TASKS else name
+    if kind == "inpaint":
+        return {"baseline_biharmonic": lambda x: biharmonic(x[:, :1], x[:, 1:])}, {}
+    if val is None:
+        raise ValueError("the CT baselines' weights are chosen on validation slices: pass val=held_out(name, 'val')")
+    region = head_mask(val["truth"])
+    w_tv, tv_scores = choose_weight(tv, val["inputs"], val["truth"], TV_GRID, region)
+    fns = {"baseline_tv": lambda x, w=w_tv: tv(x, w)}
+    choices: dict[str, Any] = {"tv_weight": w_tv, "tv_grid_psnr": tv_scores}
+    if bm3d and kind == "lowdose":
+        few = slice(0, 4)  # BM3D costs about a second a slice: its sigma is chosen on 4 slices
+        s_bm3d, bm3d_scores = choose_weight(bm3d_denoise, val["inputs"][few], val["truth"][few],
+                                            BM3D_GRID, region[few])
+        fns["baseline_bm3d"] = lambda x, s=s_bm3d: bm3d_denoise(x, s)
+        choices |= {"bm3d_sigma": s_bm3d, "bm3d_grid_psnr": bm3d_scores}
+    return fns, choices
+
+
+def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str = "ct",
+                   n: int | None = None, bm3d: bool = False) -> dict[str, float]:
+    """``medgan evaluate`` for a chapter-06 model: every level of its task on held-out CT slices
+    (the test split, or ``images``), against the classical baselines (weights chosen on the
+    validation split), scored inside the head mask (CT) or the hole (inpainting).
+
+    Returns:
+        ``"<task>/<method>/<metric>"`` -> number, the model as ``model``; paired differences to
+        each baseline as ``..._vs_<baseline>_mean`` and ``_ci95``.
+    """
+    if dataset != "ct":
+        # Other data (PneumoniaMNIST): inpainting only, holes alternating box/stroke, vs biharmonic.
+        if model.config.task != "inpaint" or images is None:
+            raise ValueError(f"on {dataset} only inpainting models are scored (the CT tasks simulate "
+                             f"scans of the head-CT slices)")
+        masks = torch.cat([hole_masks(images[i:i + 1].shape, ("box", "stroke")[i % 2], seed=i)
+                           for i in range(len(images))])
+        _, scores = evaluate_task("inpaint", {"model": model}, images, inpaint_input(images, masks), masks,
+                                  classical_baselines("inpaint")[0])
+        return _flat(f"inpaint_{dataset}", scores, len(images))
+    names = [k for k, t in TASKS.items() if t.task == model.config.task
+             and (t.level is None or t.level in model.config.levels())]
+    if not names:
+        raise ValueError(f"no scored task matches this model's corruptions {model.config.levels()}")
+    u8 = None if images is None else ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+    judge_path = encoder_path("ct", "judge")
+    judge = load_patch_encoder(judge_path) if judge_path.exists() else None
+    out: dict[str, float] = {}
+    for name in names:
+        test = held_out(name, "test", n, images_u8=u8)
+        val = held_out(name, "val", 12) if TASKS[name].task != "inpaint" else None
+        fns, _ = classical_baselines(name, val, bm3d)
+        _, scores = evaluate_task(name, {"model": model}, test["truth"], test["inputs"], test["masks"], fns, judge)
+        out |= _flat(name, scores, len(test["truth"]))
+    return out
+
+
+def _flat(name: str, scores: Mapping[str, Any], n: int) -> dict[str, float]:
+    out = {f"{name}/n": float(n)}
+    for method, s in scores["summary"].items():
+        for k, v in s.items():
+            if hasattr(v, "half"):
+                out[f"{name}/{method}/{k}_mean"], out[f"{name}/{method}/{k}_ci95"] = v.mean, v.half
+            else:
+                out[f"{name}/{method}/{k}"] = v
+    return out
+

@@ -349,6 +349,12 @@ def _recon_pairs(images: torch.Tensor, config: ReconConfig, seed: int) -> tuple[
     return rec.float().div(127.5).sub(1.0)[:, None], images
 
 
+def _recon_evaluate(model: ReconModel, images: torch.Tensor, dataset: str, seed: int) -> dict[str, Any]:
+    from .reconstruction import evaluate_model
+
+    return evaluate_model(model, images, dataset)
+
+
 register(ModelKind(
     "recon", ReconConfig, ReconModel, presets=RECON_PRESETS,
     description="reconstruction generators of chapter 06 (inpainting, low-dose and sparse-view CT)",
@@ -363,4 +369,5 @@ register(ModelKind(
     loader=_recon_loader,
     export_modules=lambda model: {"G": model.G},
     make_pairs=_recon_pairs,
+    evaluate=_recon_evaluate,
 ))

@@ -237,3 +237,31 @@ def test_recon_kind_trains_through_the_registry_and_a_gan_starts_from_its_twin(t
         kind.build(kind.config("lowdose", data, width=8, init_from=str(path)), data=data)
     inputs, targets = task_data(data.images, "sparseview", [30], "train")
     assert inputs.shape == targets.shape == (6, 1, 32, 32)
+
+
+@needs_ct
+def test_evaluate_model_scores_every_level_of_its_task_against_the_baselines(sim_cache):
+    from medgan_utils.reconstruction import evaluate_model
+
+    torch.manual_seed(0)
+    model = ReconModel(ReconConfig(task="sparseview", width=8))
+    images = load_ct("test", 256).tensors()[:3]
+    res = evaluate_model(model, images, "ct")
+    for task in ("sparse_60", "sparse_30"):
+        assert res[f"{task}/n"] == 3
+        for method in ("model", "baseline_fbp", "baseline_tv"):
+            assert np.isfinite(res[f"{task}/{method}/psnr"])
+        assert f"{task}/model/psnr_vs_baseline_tv_mean" in res
+    # TV was tuned on validation slices: it must not lose to the FBP it starts from.
+    assert res["sparse_30/baseline_tv/psnr"] >= res["sparse_30/baseline_fbp/psnr"]
+    assert not any(k.startswith("lowdose") for k in res)
+
+
+def test_evaluate_model_on_other_data_scores_inpainting_only():
+    from medgan_utils.reconstruction import evaluate_model
+
+    images = _smooth_images(4, 28)
+    res = evaluate_model(ReconModel(ReconConfig(task="inpaint", width=8)), images, "pneumoniamnist")
+    assert res["inpaint_pneumoniamnist/n"] == 4 and "inpaint_pneumoniamnist/baseline_biharmonic/ssim" in res
+    with pytest.raises(ValueError, match="only inpainting"):
+        evaluate_model(ReconModel(ReconConfig(task="lowdose", width=8)), images, "pneumoniamnist")
