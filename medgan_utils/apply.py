@@ -90,6 +90,14 @@ def apply_tiled(model: Any, x: torch.Tensor, tile: int = 256, overlap: int = 32)
     return out
 
 
+def default_tiling(model: Any) -> tuple[int, int]:
+    """``(tile, overlap)`` in input pixels for a model: its own ``tiling`` attribute, else (256,
+    32), exact for the course's SRResNet (receptive radius 24). A U-Net (chapter 06) sees about
+    94 px each side and pools four times, so tiles would only be exact with a large overlap and
+    tile edges on multiples of 16: :class:`~.models.recon.ReconModel` asks for whole images."""
+    return tuple(getattr(model, "tiling", (256, 32)))
+
+
 def needs_mask(model: Any) -> bool:
     """Whether the model fills holes and so takes a mask beside each image."""
     return getattr(model.config, "task", None) == "inpaint"
@@ -250,8 +258,8 @@ def apply_to_files(
     out_dir: str | os.PathLike,
     *,
     scale: int | None = None,
-    tile: int = 256,
-    overlap: int = 32,
+    tile: int | None = None,
+    overlap: int | None = None,
     window: tuple[float, float] | str | None = AUTO,
     force: bool = False,
     checkpoint: str | os.PathLike = "",
@@ -273,7 +281,7 @@ def apply_to_files(
         inputs: files or folders.
         out_dir: output folder (created).
         scale: the enlargement the caller expects; an error if the model's differs.
-        tile, overlap: see :func:`apply_tiled` (input pixels).
+        tile, overlap: see :func:`apply_tiled` (input pixels); None: :func:`default_tiling`.
         window: ``"auto"`` (default): 8-bit raster files (PNG/JPEG with values in 0-255) get the
             fixed mapping 0 -> -1, 255 -> 1 that every course model was trained with, other files
             (16-bit, DICOM, NIfTI) per-file min-max; ``(center, width)`` in stored units (HU for
@@ -294,6 +302,9 @@ def apply_to_files(
         FileNotFoundError: an input does not exist or holds no image.
     """
     s = check_scale(model, scale)
+    tile_default, overlap_default = default_tiling(model)
+    tile = tile_default if tile is None else tile
+    overlap = overlap_default if overlap is None else overlap
     if needs_mask(model) and mask is None:
         raise ValueError("this is an inpainting model: give the hole with --mask FILE (a picture of "
                          "the image's size, white = missing)")

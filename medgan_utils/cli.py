@@ -141,11 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
                    ".npz input, an output .npz ('images' uint8, one per input image)")
     a.add_argument("--scale", type=int, default=None, metavar="N", help="the enlargement you expect "
                    "(e.g. 4): an error if the model's differs (default: the model's)")
-    a.add_argument("--tile", type=int, default=256, metavar="N",
-                   help="tile side in input pixels (default: %(default)s)")
-    a.add_argument("--overlap", type=int, default=32, metavar="N",
+    a.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="tile side in input pixels (default: the model's; 256 for super-resolution, "
+                   "whole images for chapter 06's U-Nets)")
+    a.add_argument("--overlap", type=int, default=None, metavar="N",
                    help="context around each tile in input pixels, at least the model's receptive "
-                   "radius for seamless tiles (24 for the course's SRResNet) (default: %(default)s)")
+                   "radius for seamless tiles (default: the model's; 32 for super-resolution, "
+                   "whose radius is 24; 96 for the U-Nets)")
     a.add_argument("--window", type=float, nargs=2, default=None, metavar=("CENTER", "WIDTH"),
                    help="intensity window in stored units (HU for CT), e.g. 40 400 (default: 8-bit "
                    "PNG/JPEG get the 0 -> -1, 255 -> 1 mapping the course's models were trained with, "

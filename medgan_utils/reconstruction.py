@@ -91,13 +91,14 @@ def scan_settings(task: str, level: float | int, reference_photons: float = REFE
     raise ValueError(f"only lowdose and sparseview are scans, not {task!r}")
 
 
-def scan(images_u8: np.ndarray, task: str, level: float | int, split: str = "test",
-         reference_photons: float = REFERENCE_PHOTONS) -> np.ndarray:
-    """Simulated scans of uint8 slices (N, H, H), reconstructed by FBP (uint8, cached on disk);
-    the noise seed is the split's (:data:`SPLIT_SEEDS`; an int is taken as the seed)."""
-    seed = SPLIT_SEEDS[split] if isinstance(split, str) else int(split)
+def scan(images_u8: np.ndarray, task: str, level: float | int, split: str,
+         reference_photons: float = REFERENCE_PHOTONS, index: np.ndarray | None = None) -> np.ndarray:
+    """Simulated scans of uint8 slices (N, H, H), reconstructed by FBP (uint8, cached on disk).
+    The noise seed is the split's (:data:`SPLIT_SEEDS`); slice i's noise is keyed by
+    ``index[i]``, its index in the split (default: its position), so a test slice gets the same
+    noise in every subset of the split that is scored."""
     u8 = np.asarray(images_u8)
-    return simulate_split(u8, mu=ct_mu(u8.shape[-1]), seed=seed,
+    return simulate_split(u8, mu=ct_mu(u8.shape[-1]), seed=SPLIT_SEEDS[split], keys=index,
                           **scan_settings(task, level, reference_photons))
 
 
@@ -115,6 +116,9 @@ def hole_masks(shape: Sequence[int], kind: str, seed: int, image_side: int | Non
     patch of a 256 px slice gets holes of the test slices' size. (B, 1, H, W) float."""
     h = min(int(shape[-2]), int(shape[-1]))
     k = (image_side or h) / CT_SIZE
+    if BOX_PX[0] * k > h:
+        raise ValueError(f"holes of at least {BOX_PX[0] * k:.0f} px (of a {image_side or h} px image) do not fit "
+                         f"a {h} px patch: train inpainting on patches of at least {BOX_PX[1] * k:.0f} px")
 
     def frac(px: tuple[int, int]) -> tuple[float, float]:
         return max(1.0, px[0] * k) / h, min(1.0, max(1.0, px[1] * k) / h)
@@ -128,21 +132,28 @@ def hole_masks(shape: Sequence[int], kind: str, seed: int, image_side: int | Non
 
 
 def scored_holes(images: torch.Tensor, seed: int = 0, min_inside: float = 0.9,
-                 kinds: Sequence[str] = ("box", "stroke")) -> tuple[torch.Tensor, list[str]]:
-    """One hole per held-out slice, on the head: slice i gets ``kinds[i % len(kinds)]``, redrawn
-    (seed ``(seed, i, try)``) until at least ``min_inside`` of it lies in the head mask.
+                 kinds: Sequence[str] = ("box", "stroke"), index: Sequence[int] | None = None
+                 ) -> tuple[torch.Tensor, list[str]]:
+    """One hole per held-out slice, on the head: the slice with index k in its split (``index``;
+    default its position) gets ``kinds[k % len(kinds)]``, redrawn (seed ``(seed, k, try)``) until
+    at least ``min_inside`` of it lies in the head mask, so a slice gets the same hole in any
+    scored subset.
 
     Returns:
         ``(masks (N, 1, H, W) float, kinds per slice)``.
     """
     heads = head_mask(images)
+    keys = range(len(images)) if index is None else [int(k) for k in index]
     masks, names = [], []
-    for i in range(len(images)):
-        kind = kinds[i % len(kinds)]
+    for i, k in enumerate(keys):
+        kind = kinds[k % len(kinds)]
         for t in range(100):
-            m = hole_masks(images[i:i + 1].shape, kind, seed=mix_seed(seed, i, t) % 2**31)
+            m = hole_masks(images[i:i + 1].shape, kind, seed=mix_seed(seed, k, t) % 2**31)
             if float((m.bool() & heads[i:i + 1]).sum()) >= min_inside * float(m.sum()):
                 break
+        else:
+            raise ValueError(f"image {i}: no {kind} hole in 100 draws lies {min_inside:.0%} on the head "
+                             f"(is it a head CT slice?)")
         masks.append(m)
         names.append(kind)
     return torch.cat(masks), names
@@ -154,15 +165,17 @@ def inpaint_input(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 class InpaintLoader(PairedLoader):
-    """Random patches of clean images with fresh holes in every batch (half boxes, half strokes
-    when both are asked), seeded by ``(seed, epoch, batch)`` so a resumed run sees the same
-    holes. Yields ``(inpaint_input, clean)``: (B, C + 1, p, p) and (B, C, p, p)."""
+    """Random patches of clean images with fresh holes in every batch (row r of batch b gets
+    ``kinds[(r + b) % len(kinds)]``: boxes and strokes alternate, whatever the batch size),
+    seeded by ``(seed, epoch, batch)`` so a resumed run sees the same holes. Hole sizes are in
+    pixels of the whole image (:func:`hole_masks`). Yields ``(inpaint_input, clean)``:
+    (B, C + 1, p, p) and (B, C, p, p)."""
 
     def __init__(self, images, batch_size: int = 8, device: torch.device | str = "cpu", seed: int = 0,
                  patch: int | None = None, kinds: Sequence[str] = ("box", "stroke")):
         super().__init__(images, images, batch_size, device, seed=seed, patch=patch)
         self.kinds = tuple(kinds)
-        self.image_side = int(self.targets.shape[-1])
+        self.image_side = int(min(self.targets.shape[-2:]))
 
     def __iter__(self):
         for epoch, step, idx in self._steps():
@@ -171,9 +184,12 @@ class InpaintLoader(PairedLoader):
             if self.patch is not None:
                 y, _ = self._crop(y, y, seeded_generator(self.seed, epoch, step))
             seed = mix_seed(self.seed, epoch, step, 7) % 2**31
-            parts = torch.tensor_split(torch.arange(len(y)), len(self.kinds))
-            m = torch.cat([hole_masks(y[p].shape, k, seed + j, self.image_side)
-                           for j, (k, p) in enumerate(zip(self.kinds, parts, strict=True)) if len(p)])
+            which = (torch.arange(len(y)) + step) % len(self.kinds)
+            m = torch.empty(len(y), 1, *y.shape[-2:])
+            for j, k in enumerate(self.kinds):
+                rows = (which == j).nonzero().flatten()
+                if len(rows):
+                    m[rows] = hole_masks((len(rows), 1, *y.shape[-2:]), k, seed + j, self.image_side)
             yield inpaint_input(y, m.to(y.device)), y
 
 
@@ -282,22 +298,28 @@ def evenly(n_total: int, n: int | None) -> np.ndarray:
 
 
 def held_out(name: str, split: str = "test", n: int | None = None, size: int = CT_SIZE,
-             images_u8: np.ndarray | None = None) -> dict[str, Any]:
+             images_u8: np.ndarray | None = None, index: np.ndarray | None = None,
+             reference_photons: float = REFERENCE_PHOTONS) -> dict[str, Any]:
     """One task's held-out slices: ``truth`` (N, 1, H, W) in [-1, 1], the model ``inputs`` (CT:
     the FBP; inpainting: image with hole + mask), ``masks`` and hole ``kinds`` (inpainting), the
-    slices' ``index`` in the split. ``images_u8`` replaces the split's slices (e.g. a
-    modified copy of them)."""
+    slices' ``index`` in the split. ``images_u8`` replaces the split's slices (e.g. a modified
+    copy of them), ``index`` then says which slices of the split they are (default 0..N-1), which
+    keys their scan noise and holes."""
     task = TASKS[name]
-    u8 = load_ct(split, size).images if images_u8 is None else np.asarray(images_u8)
-    idx = evenly(len(u8), n) if images_u8 is None else np.arange(len(u8))
-    u8 = u8[idx]
+    if images_u8 is None:
+        u8 = load_ct(split, size).images
+        idx = evenly(len(u8), n)
+        u8 = u8[idx]
+    else:
+        u8 = np.asarray(images_u8)
+        idx = np.arange(len(u8)) if index is None else np.asarray(index)
     truth = _to_tensor(u8)
     out: dict[str, Any] = {"truth": truth, "index": idx, "masks": None, "kinds": None}
     if task.task == "inpaint":
-        masks, kinds = scored_holes(truth, seed=SPLIT_SEEDS[split])
+        masks, kinds = scored_holes(truth, seed=SPLIT_SEEDS[split], index=idx)
         out |= {"inputs": inpaint_input(truth, masks), "masks": masks, "kinds": kinds}
     else:
-        out["inputs"] = _to_tensor(scan(u8, task.task, task.level, split))
+        out["inputs"] = _to_tensor(scan(u8, task.task, task.level, split, reference_photons, index=idx))
     return out
 
 
@@ -352,9 +374,12 @@ def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str 
     judge_path = encoder_path("ct", "judge")
     judge = load_patch_encoder(judge_path) if judge_path.exists() else None
     out: dict[str, float] = {}
+    photons = getattr(model.config, "reference_photons", REFERENCE_PHOTONS)
     for name in names:
-        test = held_out(name, "test", n, images_u8=u8)
-        val = held_out(name, "val", 12) if TASKS[name].task != "inpaint" else None
+        test = held_out(name, "test", n, images_u8=u8, reference_photons=photons)
+        side = test["truth"].shape[-1]  # baselines are tuned at the size they are scored at
+        val = (held_out(name, "val", 12, size=side, reference_photons=photons)
+               if TASKS[name].task != "inpaint" else None)
         fns, _ = classical_baselines(name, val, bm3d)
         _, scores = evaluate_task(name, {"model": model}, test["truth"], test["inputs"], test["masks"], fns, judge)
         out |= _flat(name, scores, len(test["truth"]))

@@ -336,19 +336,6 @@ def _recon_loader(data: Arrays, config: ReconConfig, batch_size: int, device: to
     return PairedLoader(inputs, targets, batch_size, device, seed=seed, patch=patch)
 
 
-def _recon_pairs(images: torch.Tensor, config: ReconConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # The first of the model's corruptions, as `medgan evaluate` scores it when the kind has no
-    # evaluate of its own; chapter 06 scores every level (reconstruction.evaluate_task).
-    from .reconstruction import hole_masks, inpaint_input, scan
-
-    level = config.levels()[0]
-    if config.task == "inpaint":
-        return inpaint_input(images, hole_masks(images.shape, level, seed)), images
-    u8 = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-    rec = torch.from_numpy(scan(u8, config.task, level, seed, config.reference_photons))
-    return rec.float().div(127.5).sub(1.0)[:, None], images
-
-
 def _recon_evaluate(model: ReconModel, images: torch.Tensor, dataset: str, seed: int) -> dict[str, Any]:
     from .reconstruction import evaluate_model
 
@@ -368,6 +355,5 @@ register(ModelKind(
     build_kwargs=_paired_build_kwargs,
     loader=_recon_loader,
     export_modules=lambda model: {"G": model.G},
-    make_pairs=_recon_pairs,
     evaluate=_recon_evaluate,
 ))

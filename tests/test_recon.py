@@ -110,7 +110,7 @@ def test_l1_training_step_lowers_the_loss_and_the_gan_step_trains_a_conditional_
     assert last < 0.85 * first
     gan = ReconModel(ReconConfig(task="lowdose", width=8, adv_weight=0.01, d_width=8),
                      init_state=m.G.state_dict())
-    assert gan.D.model[0].conv.in_channels == 2  # input beside output (pix2pix)
+    assert gan.D.initial_conv.conv.in_channels == 2  # input beside output (pix2pix)
     log = gan.train_step(iter([(noisy, clean)]))
     assert {"loss_D", "adv", "l1"} <= set(log)
     assert torch.allclose(gan.apply(noisy[:2]), m.apply(noisy[:2]), atol=0.2)
@@ -265,3 +265,27 @@ def test_evaluate_model_on_other_data_scores_inpainting_only():
     assert res["inpaint_pneumoniamnist/n"] == 4 and "inpaint_pneumoniamnist/baseline_biharmonic/ssim" in res
     with pytest.raises(ValueError, match="only inpainting"):
         evaluate_model(ReconModel(ReconConfig(task="lowdose", width=8)), images, "pneumoniamnist")
+
+
+def test_least_squares_losses_are_the_lsgan_formulas():
+    m = ReconModel(ReconConfig(task="lowdose", width=8, adv_weight=0.01, d_width=8))
+    real, fake = torch.tensor([[0.9, 1.2], [0.4, 1.0]]), torch.tensor([[0.1, -0.3], [0.5, 0.0]])
+    want_d = 0.5 * (((real - 1) ** 2).mean() + (fake ** 2).mean())  # no LeakyReLU before the squares
+    assert float(m._d_loss(real, fake)) == pytest.approx(float(want_d), rel=1e-6)
+    assert float(m._g_adv(fake)) == pytest.approx(float(((fake - 1) ** 2).mean()), rel=1e-6)
+
+
+def test_inpaint_loader_alternates_hole_shapes_even_one_image_at_a_time():
+    imgs = (np.random.default_rng(1).random((4, 64, 64)) * 255).astype(np.uint8)
+    boxes = []
+    for x, _ in InpaintLoader(imgs, batch_size=1, seed=0):
+        m = x[0, 1]
+        rows, cols = m.amax(1), m.amax(0)
+        # A box fills its bounding rectangle; a brush stroke does not (or is several pieces).
+        boxes.append(bool(m.sum() == rows.sum() * cols.sum()))
+    assert boxes == [True, False, True, False]
+
+
+def test_holes_that_cannot_fit_the_patch_are_refused_with_a_message():
+    with pytest.raises(ValueError, match="do not fit"):
+        hole_masks((2, 1, 16, 16), "box", seed=0, image_side=256)

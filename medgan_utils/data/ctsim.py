@@ -70,7 +70,8 @@ def fbp(sinogram: np.ndarray, angles: np.ndarray, size: int, filter_name: str = 
 
 
 def simulate(images: np.ndarray, *, photons: float | None = None, n_views: int = 180,
-             mu: float | None = None, seed: int = 0, filter_name: str = "ramp") -> np.ndarray:
+             mu: float | None = None, seed: int = 0, filter_name: str = "ramp",
+             keys: np.ndarray | None = None) -> np.ndarray:
     """Low-dose and/or sparse-view scans of display slices, reconstructed by FBP.
 
     Args:
@@ -79,8 +80,10 @@ def simulate(images: np.ndarray, *, photons: float | None = None, n_views: int =
         n_views: evenly spaced projection angles over 180 degrees (180: one per degree).
         mu: attenuation scale (:func:`mu_scale`); pass the training split's for every split, so
             that all splits are scanned alike. None: computed from ``images``.
-        seed: seeds the Poisson noise (slice i uses ``seed`` and i, so a subset repeats).
+        seed: seeds the Poisson noise: slice i uses ``(seed, keys[i])``.
         filter_name: FBP filter, ``"ramp"``, ``"hann"``, ... (skimage's names).
+        keys: one integer per slice, e.g. its index in its split, so that a slice gets the same
+            noise in any subset or order; default ``0..N-1`` (its position in ``images``).
 
     Returns:
         (N, H, H) float32 reconstructions in display units, clipped to [0, 1].
@@ -94,11 +97,14 @@ def simulate(images: np.ndarray, *, photons: float | None = None, n_views: int =
         raise ValueError(f"photons must be > 0, got {photons}")
     mu = mu_scale(a) if mu is None else float(mu)
     angles = np.linspace(0, 180, n_views, endpoint=False)
+    keys = np.arange(len(a)) if keys is None else np.asarray(keys, dtype=np.int64)
+    if keys.shape != (len(a),):
+        raise ValueError(f"keys must hold one integer per slice ({len(a)}), got shape {keys.shape}")
     out = np.empty(a.shape, np.float32)
     for i, s in enumerate(a):
         p = radon(s * mu, angles, circle=False)
         if photons is not None:
-            rng = np.random.default_rng([seed, i])
+            rng = np.random.default_rng([seed, int(keys[i])])
             counts = np.maximum(rng.poisson(photons * np.exp(-p)), 0.1)
             p = -np.log(counts / photons)
         out[i] = np.clip(fbp(p, angles, s.shape[0], filter_name) / mu, 0.0, 1.0)
@@ -107,7 +113,7 @@ def simulate(images: np.ndarray, *, photons: float | None = None, n_views: int =
 
 def simulate_split(images_u8: np.ndarray, *, photons: float | None = None, n_views: int = 180,
                    mu: float, seed: int = 0, filter_name: str = "ramp",
-                   cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+                   cache_dir: str | os.PathLike | None = None, keys: np.ndarray | None = None) -> np.ndarray:
     """:func:`simulate` on uint8 slices (N, H, H), cached on disk under a key of the slices'
     bytes and every setting (a changed setting or slice never reuses a stale file). Returns
     uint8 (N, H, H) reconstructions, the layout of the clean slices."""
@@ -116,12 +122,15 @@ def simulate_split(images_u8: np.ndarray, *, photons: float | None = None, n_vie
         raise TypeError(f"simulate_split takes uint8 slices, got {u8.dtype}")
     settings = {"photons": photons, "n_views": n_views, "mu": round(mu, 12), "seed": seed,
                 "filter": filter_name, "version": 1}
+    if keys is not None:  # (absent for the default keys, so those cache files keep their names)
+        settings["keys"] = hashlib.sha256(np.asarray(keys, np.int64).tobytes()).hexdigest()[:16]
     h = hashlib.sha256(u8.tobytes() + json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir or CACHE_DIR) / f"{h}.npz"
     if path.exists():
         with np.load(path) as f:
             return f["images"]
-    rec = simulate(u8 / 255.0, photons=photons, n_views=n_views, mu=mu, seed=seed, filter_name=filter_name)
+    rec = simulate(u8 / 255.0, photons=photons, n_views=n_views, mu=mu, seed=seed, filter_name=filter_name,
+                   keys=keys)
     out = np.round(rec * 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

@@ -179,12 +179,18 @@ class ReconModel(PairedModel):
     :func:`medgan_utils.train.fit` trains it; a batch is ``(input, target)``, the input holding
     the mask as its last channel for inpainting.
 
+    ``tiling`` tells ``medgan apply`` to process whole images (tiles up to 4096 px): the U-Net's
+    receptive field (about 94 px each side) and its four poolings make tiled output differ from
+    whole-image output unless tiles overlap by about 96 px and start on multiples of 16.
+
     Args:
         config: task, architecture and loss.
         device: where the networks live.
         feature_net: frozen encoder of an optional feature loss.
         init_state: a generator ``state_dict`` to start from (the GAN starts from its L1 twin).
     """
+
+    tiling = (4096, 96)
 
     def __init__(self, config: ReconConfig, device: torch.device | str = "cpu",
                  feature_net: nn.Module | None = None, init_state: dict | None = None):
