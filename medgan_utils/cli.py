@@ -27,17 +27,27 @@ import numpy as np
 
 
 def _field_help(cls) -> dict[str, str]:
+    """Field -> help text from a config dataclass's ``Attributes:`` section (Google style): a
+    field line ``name: text`` (or ``a, b: text``) and its deeper-indented continuation lines, at
+    whatever indentation the docstring has."""
     doc = inspect.getdoc(cls) or ""
+    lines = doc.splitlines()
+    if "Attributes:" in doc:  # the section may start on the docstring's first line
+        start = next(i for i, line in enumerate(lines) if line.strip().endswith("Attributes:"))
+        lines = lines[start + 1:]
     helps: dict[str, str] = {}
-    current = None
-    for line in doc.splitlines():
-        m = re.match(r"\s{4}([\w, ]+):\s*(.*)", line)
-        if m:
-            names = [n.strip() for n in m.group(1).split(",")]
-            for n in names:
+    current, base = None, None
+    for line in lines:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        m = re.match(r"\s*([\w, ]+):\s*(.*)", line)
+        if m and (base is None or indent <= base):
+            base = indent
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
                 helps[n] = m.group(2)
-            current = names
-        elif current and line.startswith(" " * 8):
+        elif current and base is not None and indent > base:
             for n in current:
                 helps[n] += " " + line.strip()
     return helps
