@@ -54,7 +54,8 @@ def _smooth_images(n: int = 4, size: int = 32) -> torch.Tensor:
 @pytest.mark.parametrize("bad", [{"task": "denoise"}, {"task": "lowdose", "corruptions": "2.0"},
                                  {"task": "sparseview", "corruptions": "60,x"},
                                  {"task": "inpaint", "corruptions": "circle"}, {"patch": 100},
-                                 {"l1_weight": 0.0}, {"gan_loss": "hinge"}])
+                                 {"l1_weight": 0.0}, {"gan_loss": "hinge"},
+                                 {"task": "lowdose", "prefill": "biharmonic"}, {"task": "inpaint", "prefill": "zeros"}])
 def test_config_refuses_bad_settings_with_a_message(bad):
     with pytest.raises(ValueError, match=r"\w"):
         ReconConfig(**bad)
@@ -76,6 +77,19 @@ def test_inpainting_generator_keeps_every_known_pixel_and_fills_only_the_hole():
     known = m == 0
     assert torch.equal(out[known], x[known])
     assert not torch.allclose(out[~known], x[~known])  # the hole holds the network's guess
+
+
+def test_prefilled_inpainting_starts_as_biharmonic_inpainting():
+    # With the U-Net's last layer at zero the model is exactly the classical fill.
+    g = ReconUNet(ReconConfig(task="inpaint", width=8, prefill="biharmonic"))
+    last = g.net.final_conv.conv if hasattr(g.net.final_conv, "conv") else g.net.final_conv
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    x = _smooth_images(2, 32)
+    m = hole_masks(x.shape, "box", seed=4)
+    out = g(inpaint_input(x, m))
+    assert torch.allclose(out, biharmonic(inpaint_input(x, m)[:, :1], m), atol=1e-6)
+    assert torch.equal(out[m == 0], x[m == 0])
 
 
 def test_ct_generator_predicts_a_correction_to_its_input():

@@ -239,6 +239,28 @@ def apply_mask(x: torch.Tensor, mask: torch.Tensor, fill: float = -1.0) -> torch
     return x * (1 - mask) + fill * mask
 
 
+def inpaint_biharmonic(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fill the holes with the smoothest surface that joins their borders
+    (``skimage.restoration.inpaint_biharmonic``), image by image, on the CPU.
+
+    Args:
+        x: float (B, 1, H, W) in [-1, 1] (values inside the holes are ignored).
+        mask: (B, 1, H, W), 1 = missing.
+
+    Returns:
+        float (B, 1, H, W) in [-1, 1] on ``x``'s device; pixels outside the holes unchanged.
+    """
+    from skimage.restoration import inpaint_biharmonic as fill
+
+    _check_images(x)
+    if x.shape[1] != 1:
+        raise ValueError(f"inpaint_biharmonic takes one-channel images, got {x.shape[1]} channels")
+    a = x.detach().cpu().double().numpy()[:, 0]
+    m = mask.detach().cpu().numpy()[:, 0] > 0.5
+    out = np.stack([fill(i, k) if k.any() else i for i, k in zip(a, m)])
+    return torch.from_numpy(out).to(x.device, x.dtype).clamp(-1, 1)[:, None]
+
+
 # --------------------------------------------------------------------------- noise
 
 

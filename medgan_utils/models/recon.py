@@ -3,7 +3,12 @@ image-to-image GAN recipe for three tasks.
 
 * ``inpaint``: fill holes. The generator sees the image with the hole blanked (-1) and the mask
   (1 = missing) as a second channel; its output is kept only inside the hole (outside, the known
-  pixels are copied through), so the pixel loss is the L1 inside the hole.
+  pixels are copied through), so the pixel loss is the L1 inside the hole. With
+  ``prefill="biharmonic"`` (the presets) the hole is first filled by biharmonic inpainting and
+  the U-Net predicts the correction to that smooth fill: at the start of training the model *is*
+  the classical method, as the CT models start at FBP and chapter 05's at bicubic. (Measured on
+  24 test slices after 3,000 steps without it: the U-Net tied biharmonic, better on boxes, worse on
+  thin strokes, where the smooth fill is already close.)
 * ``lowdose``: remove the Poisson noise of a low-dose CT scan from its filtered back-projection.
 * ``sparseview``: remove the streaks of an FBP from few projection angles (FBPConvNet, Jin et al.
   2017: a U-Net on the FBP image rather than a network that learns the inverse Radon transform).
@@ -31,6 +36,7 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from ..data.degrade import inpaint_biharmonic
 from .img2img import GAN_LOSSES, PairedModel
 
 __all__ = ["RECON_PRESETS", "RECON_TASKS", "ReconConfig", "ReconModel", "ReconUNet"]
@@ -52,6 +58,8 @@ class ReconConfig:
             ``stroke``), dose fractions of the reference dose (``0.25,0.1``) or view counts
             (``60,30``); empty = the task's default, every level the chapter scores.
         reference_photons: incident photons per detector bin of the full-dose scan (lowdose).
+        prefill: inpainting: ``"biharmonic"`` fills the hole classically first and the U-Net
+            predicts the correction; ``""`` leaves it black.
         l1_weight, feature_weight, adv_weight: terms of the generator's loss.
         feature_net: checkpoint of the frozen encoder of the feature loss (feature_weight > 0).
         init_from: checkpoint of a trained model whose generator this one starts from.
@@ -67,6 +75,7 @@ class ReconConfig:
     patch: int = 96
     corruptions: str = ""
     reference_photons: float = 4e4
+    prefill: str = ""
     l1_weight: float = 1.0
     feature_weight: float = 0.0
     adv_weight: float = 0.0
@@ -79,11 +88,15 @@ class ReconConfig:
     lr_d: float = 2e-4
 
     # Fields that shape the model but hold no weights: a start checkpoint must agree on them.
-    UNWEIGHTED: ClassVar[tuple[str, ...]] = ("task",)
+    UNWEIGHTED: ClassVar[tuple[str, ...]] = ("task", "prefill")
 
     def __post_init__(self) -> None:
         if self.task not in RECON_TASKS:
             raise ValueError(f"task must be one of {RECON_TASKS}, got {self.task!r}")
+        if self.prefill not in ("", "biharmonic"):
+            raise ValueError(f"prefill must be '' or 'biharmonic', got {self.prefill!r}")
+        if self.prefill and self.task != "inpaint":
+            raise ValueError("prefill is for inpainting; the CT tasks start from the FBP image itself")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
         if self.feature_weight > 0 and not self.feature_net:
@@ -137,8 +150,8 @@ _L1 = {"l1_weight": 1.0, "adv_weight": 0.0, "init_from": ""}
 # The GAN presets start from the shipped pixel-loss twin and add a small adversarial term.
 _GAN = {"l1_weight": 1.0, "adv_weight": 0.01}
 RECON_PRESETS = {
-    "inpaint-l1": {"task": "inpaint", "patch": 128, **_L1},
-    "inpaint": {"task": "inpaint", "patch": 128, **_GAN,
+    "inpaint-l1": {"task": "inpaint", "patch": 128, "prefill": "biharmonic", **_L1},
+    "inpaint": {"task": "inpaint", "patch": 128, "prefill": "biharmonic", **_GAN,
                 "init_from": "checkpoints/inpaint_l1_ct.safetensors"},
     "lowdose-l1": {"task": "lowdose", "patch": 96, **_L1},
     "lowdose": {"task": "lowdose", "patch": 96, **_GAN,
@@ -153,7 +166,9 @@ class ReconUNet(nn.Module):
     """Corrupted image (B, C_in, H, W) in [-1, 1] -> restored (B, C, H, W), unclamped.
 
     ``inpaint``: input channels are the image with the hole blanked and the mask; the output is
-    ``image * (1 - mask) + U-Net * mask``. CT tasks: ``image + U-Net(image)``. Any H, W work
+    ``image * (1 - mask) + U-Net * mask``, or with ``prefill="biharmonic"``
+    ``fill * (1 - mask) + (fill + U-Net(fill, mask)) * mask`` where ``fill`` is the biharmonic
+    inpainting of the image. CT tasks: ``image + U-Net(image)``. Any H, W work
     (MONAI pads inside the U-Net); multiples of 16 avoid the padding.
     """
 
@@ -167,11 +182,14 @@ class ReconUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config.channels
-        y = self.net(x)
-        if self.config.task == "inpaint":
-            image, mask = x[:, :c], x[:, c:c + 1]
-            return image * (1 - mask) + y * mask
-        return x + y
+        if self.config.task != "inpaint":
+            return x + self.net(x)
+        image, mask = x[:, :c], x[:, c:c + 1]
+        if self.config.prefill:
+            with torch.no_grad():
+                image = inpaint_biharmonic(image, mask)
+            return image + self.net(torch.cat([image, mask], 1)) * mask
+        return image * (1 - mask) + self.net(x) * mask
 
 
 class ReconModel(PairedModel):
