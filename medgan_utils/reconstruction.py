@@ -33,7 +33,14 @@ from .data.ctsim import mu_scale, simulate_split
 from .data.degrade import apply_mask, box_mask, inpaint_biharmonic, stroke_mask
 from .data.medmnist import mix_seed, seeded_generator
 from .data.paired import PairedLoader
-from .superres import encoder_path, load_patch_encoder, masked_psnr, run_method, score_outputs
+from .superres import (
+    encoder_path,
+    flatten_summary,
+    load_patch_encoder,
+    masked_psnr,
+    run_method,
+    score_outputs,
+)
 
 __all__ = ["FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "Task", "biharmonic", "bm3d_denoise",
            "choose_weight", "ct_mu", "evaluate_task", "hole_masks", "InpaintLoader",
@@ -383,12 +390,5 @@ def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str 
 
 
 def _flat(name: str, scores: Mapping[str, Any], n: int) -> dict[str, float]:
-    out = {f"{name}/n": float(n)}
-    for method, s in scores["summary"].items():
-        for k, v in s.items():
-            if hasattr(v, "half"):
-                out[f"{name}/{method}/{k}_mean"], out[f"{name}/{method}/{k}_ci95"] = v.mean, v.half
-            else:
-                out[f"{name}/{method}/{k}"] = v
-    return out
+    return {f"{name}/n": float(n)} | flatten_summary(scores["summary"], f"{name}/")
 

@@ -36,7 +36,7 @@ from .train import FitConfig, fit
 from .utils import CHECKPOINT_DIR, REPO_ROOT
 
 __all__ = ["METHODS", "encoder_path", "feature_distance", "interpolate", "load_patch_encoder",
-           "compare_methods", "detail_ratio", "evaluate_model", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_outputs", "score_sr", "train_patch_encoder"]
+           "compare_methods", "detail_ratio", "evaluate_model", "flatten_summary", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_outputs", "score_sr", "train_patch_encoder"]
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METHODS = BASELINES  # models are added by name in the notebook
@@ -312,13 +312,19 @@ def evaluate_model(model: Any, hr: torch.Tensor, dataset: str = "ct") -> dict[st
     judge_path = encoder_path(dataset, "judge")
     judge = load_patch_encoder(judge_path) if judge_path.exists() else None
     _, scores = compare_methods({"model": model}, lr, hr, mask, judge, scale=scale)
-    out: dict[str, float] = {"n": float(len(hr))}
-    for method, s in scores["summary"].items():
+    return {"n": float(len(hr))} | flatten_summary(scores["summary"])
+
+
+def flatten_summary(summary: Mapping[str, Mapping[str, Any]], prefix: str = "") -> dict[str, float]:
+    """:func:`score_outputs`'s summary as flat numbers: ``"<prefix><method>/<metric>"``, and each
+    paired interval as ``..._mean`` and ``..._ci95`` (its half-width), as ``medgan evaluate`` prints."""
+    out: dict[str, float] = {}
+    for method, s in summary.items():
         for k, v in s.items():
             if hasattr(v, "half"):
-                out[f"{method}/{k}_mean"], out[f"{method}/{k}_ci95"] = v.mean, v.half
+                out[f"{prefix}{method}/{k}_mean"], out[f"{prefix}{method}/{k}_ci95"] = v.mean, v.half
             else:
-                out[f"{method}/{k}"] = v
+                out[f"{prefix}{method}/{k}"] = v
     return out
 
 

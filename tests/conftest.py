@@ -92,3 +92,26 @@ def medmnist_root() -> Path:
         if c and Path(c).is_dir():
             return Path(c).resolve()
     pytest.skip("no MedMNIST folder: set MEDMNIST_ROOT (CI does) or provide ../shared/data/medmnist")
+
+
+def _ct_available() -> bool:
+    from medgan_utils.data.ct import ct_folder
+
+    try:
+        ct_folder()
+        return True
+    except Exception:
+        return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_ct: needs the head-CT slices (ct_mri/ct; `make data`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests marked needs_ct skip, saying why, where the CT slices are not installed.
+    if any("needs_ct" in item.keywords for item in items) and not _ct_available():
+        skip = pytest.mark.skip(reason="the ct_mri slices are not here (make data)")
+        for item in items:
+            if "needs_ct" in item.keywords:
+                item.add_marker(skip)

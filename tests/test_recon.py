@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medgan_utils import registry
-from medgan_utils.data.ct import ct_folder, head_mask, load_ct
+from medgan_utils.data.ct import head_mask, load_ct
 from medgan_utils.models.recon import ReconConfig, ReconModel, ReconUNet
 from medgan_utils.reconstruction import (
     BOX_PX,
@@ -23,17 +23,6 @@ from medgan_utils.reconstruction import (
     tv,
 )
 from medgan_utils.superres import masked_psnr
-
-
-def _ct_available() -> bool:
-    try:
-        ct_folder()
-        return True
-    except Exception:
-        return False
-
-
-needs_ct = pytest.mark.skipif(not _ct_available(), reason="the ct_mri slices are not here (make data)")
 
 
 @pytest.fixture
@@ -218,7 +207,7 @@ def test_scoring_ranks_the_truth_first_and_added_noise_last():
     assert "ssim_vs_baseline_tv" in s["oracle"]
 
 
-@needs_ct
+@pytest.mark.needs_ct
 def test_scored_holes_lie_on_the_head_and_alternate_shapes():
     x = load_ct("test", 256).tensors()[:4]
     masks, kinds = scored_holes(x, seed=0)
@@ -230,7 +219,7 @@ def test_scored_holes_lie_on_the_head_and_alternate_shapes():
     assert torch.equal(masks, again)
 
 
-@needs_ct
+@pytest.mark.needs_ct
 def test_recon_kind_trains_through_the_registry_and_a_gan_starts_from_its_twin(tmp_path, sim_cache):
     from medgan_utils.pretrained import export, train_model
     from medgan_utils.train import FitConfig
@@ -253,7 +242,7 @@ def test_recon_kind_trains_through_the_registry_and_a_gan_starts_from_its_twin(t
     assert inputs.shape == targets.shape == (6, 1, 32, 32)
 
 
-@needs_ct
+@pytest.mark.needs_ct
 def test_evaluate_model_scores_every_level_of_its_task_against_the_baselines(sim_cache):
     from medgan_utils.reconstruction import evaluate_model
 

@@ -26,22 +26,10 @@ from medgan_utils.superres import (
     score_sr,
 )
 
-
-def _ct_available() -> bool:
-    try:
-        ct_folder()
-        return True
-    except Exception:
-        return False
-
-
-needs_ct = pytest.mark.skipif(not _ct_available(), reason="the ct_mri slices are not here (make data)")
-
-
 # -- data --------------------------------------------------------------------------------------
 
 
-@needs_ct
+@pytest.mark.needs_ct
 def test_ct_split_is_by_contiguous_blocks_of_file_numbers():
     nums = ct_numbers(ct_folder())
     assert len(nums) == 744
@@ -54,7 +42,7 @@ def test_ct_split_is_by_contiguous_blocks_of_file_numbers():
         assert b - 1 not in nums, f"the run ending at {b - 1} would be split"
 
 
-@needs_ct
+@pytest.mark.needs_ct
 def test_no_ct_slice_is_a_copy_of_one_in_another_split():
     # Which patient a slice comes from is unknown (some held-out slices look like neighbouring
     # slices of a training head: mean absolute difference 0.015-0.02 at 64 px; chapter 05 reports
@@ -72,7 +60,7 @@ def test_ct_folder_names_a_root_without_slices(tmp_path, monkeypatch):
         ct_folder()
 
 
-@needs_ct
+@pytest.mark.needs_ct
 def test_load_ct_gives_uint8_slices_and_a_reduced_size():
     val = load_ct("val")
     assert val.images.shape == (75, 512, 512) and val.images.dtype == np.uint8
@@ -249,7 +237,7 @@ def test_baselines_and_yardstick_rank_known_worse_outputs_as_worse():
     assert float(feature_distance(enc, hr, hr).max()) == 0.0
 
 
-@needs_ct
+@pytest.mark.needs_ct
 def test_cli_trains_evaluates_and_applies_an_sr_model_on_ct(tmp_path, capsys):
     import json
 

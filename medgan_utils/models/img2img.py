@@ -30,9 +30,20 @@ from torch import nn
 
 from .losses import d_loss_bce, g_loss_non_saturating
 
-__all__ = ["GAN_LOSSES", "PairedModel", "feature_loss"]
+__all__ = ["GAN_LOSSES", "PairedModel", "check_loss_weights", "feature_loss"]
 
 GAN_LOSSES = ("bce", "least_squares")
+
+
+def check_loss_weights(config: Any) -> None:
+    """The checks every paired config's loss weights share (called from its ``__post_init__``)."""
+    if config.feature_weight > 0 and not config.feature_net:
+        raise ValueError("feature_weight > 0 needs feature_net: the encoder checkpoint of the loss")
+    if min(config.l1_weight, config.feature_weight, config.adv_weight) < 0:
+        raise ValueError("loss weights must be >= 0")
+    if config.l1_weight + config.feature_weight == 0:
+        raise ValueError("an adversarial loss alone does not tie the output to the input: "
+                         "give l1_weight or feature_weight > 0")
 
 
 def feature_loss(encoder: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

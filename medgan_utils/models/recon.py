@@ -37,7 +37,7 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 from ..data.degrade import inpaint_biharmonic
-from .img2img import GAN_LOSSES, PairedModel
+from .img2img import GAN_LOSSES, PairedModel, check_loss_weights
 
 __all__ = ["RECON_PRESETS", "RECON_TASKS", "ReconConfig", "ReconModel", "ReconUNet"]
 
@@ -99,13 +99,7 @@ class ReconConfig:
             raise ValueError("prefill is for inpainting; the CT tasks start from the FBP image itself")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
-        if self.feature_weight > 0 and not self.feature_net:
-            raise ValueError("feature_weight > 0 needs feature_net: the encoder checkpoint of the loss")
-        if min(self.l1_weight, self.feature_weight, self.adv_weight) < 0:
-            raise ValueError("loss weights must be >= 0")
-        if self.l1_weight + self.feature_weight == 0:
-            raise ValueError("an adversarial loss alone does not tie the output to the input: "
-                             "give l1_weight or feature_weight > 0")
+        check_loss_weights(self)
         if self.patch and self.patch % 16:
             raise ValueError(f"patch must be a multiple of 16 (the U-Net pools four times), got {self.patch}")
         self.levels()  # a malformed corruptions string fails here, not mid-training

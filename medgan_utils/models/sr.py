@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample
 from torch import nn
 
-from .img2img import PairedModel, feature_loss
+from .img2img import PairedModel, check_loss_weights, feature_loss
 
 __all__ = ["SRConfig", "SRModel", "SRResNet", "SR_PRESETS", "feature_loss"]
 
@@ -79,13 +79,7 @@ class SRConfig:
     def __post_init__(self) -> None:
         if self.scale < 2 or self.scale & (self.scale - 1):
             raise ValueError(f"scale must be a power of two >= 2, got {self.scale}")
-        if self.feature_weight > 0 and not self.feature_net:
-            raise ValueError("feature_weight > 0 needs feature_net: the encoder checkpoint of the loss")
-        if min(self.l1_weight, self.feature_weight, self.adv_weight) < 0:
-            raise ValueError("loss weights must be >= 0")
-        if self.l1_weight + self.feature_weight == 0:
-            raise ValueError("an adversarial loss alone does not tie the output to the input: "
-                             "give l1_weight or feature_weight > 0")
+        check_loss_weights(self)
 
     @property
     def adversarial(self) -> bool:
