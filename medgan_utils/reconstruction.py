@@ -292,7 +292,7 @@ def evaluate_task(name: str, models: Mapping[str, Any], truth: torch.Tensor,
 # -- the chapter's study, as the notebook and `medgan evaluate` run it --------------------------
 
 TV_GRID = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16)
-BM3D_GRID = (0.02, 0.04, 0.06, 0.09)
+BM3D_GRID = (0.03, 0.05, 0.08)
 
 
 def evenly(n_total: int, n: int | None) -> np.ndarray:
@@ -341,7 +341,7 @@ def classical_baselines(name: str, val: Mapping[str, Any] | None = None, bm3d: b
     fns = {"baseline_tv": lambda x, w=w_tv: tv(x, w)}
     choices: dict[str, Any] = {"tv_weight": w_tv, "tv_grid_psnr": tv_scores}
     if bm3d and kind == "lowdose":
-        few = slice(0, 4)  # BM3D costs about a second a slice: its sigma is chosen on 4 slices
+        few = slice(0, 3)  # BM3D costs about a second a slice: its sigma is chosen on 3 slices
         s_bm3d, bm3d_scores = choose_weight(bm3d_denoise, val["inputs"][few], val["truth"][few],
                                             BM3D_GRID, region[few])
         fns["baseline_bm3d"] = lambda x, s=s_bm3d: bm3d_denoise(x, s)
