@@ -31,7 +31,7 @@ import torch
 from .data.ct import head_mask, load_ct
 from .data.ctsim import mu_scale, simulate_split
 from .data.degrade import apply_mask, box_mask, inpaint_biharmonic, stroke_mask
-from .data.medmnist import mix_seed, seeded_generator
+from .data.medmnist import mix_seed, seeded_generator, to_float, to_uint8
 from .data.paired import PairedLoader
 from .superres import (
     encoder_path,
@@ -110,7 +110,7 @@ def scan(images_u8: np.ndarray, task: str, level: float | int, split: str,
 
 
 def _to_tensor(u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u8).float().div(127.5).sub(1.0)[:, None]
+    return to_float(torch.from_numpy(np.ascontiguousarray(u8)))
 
 
 # -- holes ------------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str 
              and (t.level is None or t.level in model.config.levels())]
     if not names:
         raise ValueError(f"no scored task matches this model's corruptions {model.config.levels()}")
-    u8 = None if images is None else ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+    u8 = None if images is None else to_uint8(images)
     judge_path = encoder_path("ct", "judge")
     judge = load_patch_encoder(judge_path) if judge_path.exists() else None
     out: dict[str, float] = {}
