@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(also 8-bit ones)")
     a.add_argument("--mask", type=Path, default=None, metavar="FILE", help="inpainting models: the "
                    "hole, a picture of the images' size (white = missing), used for every input")
+    a.add_argument("--direction", default=None, metavar="A2B", help="translators (CycleGAN, chapter "
+                   "07): ct2mr or mr2ct, the domains named in the checkpoint (default: A -> B, ct2mr). "
+                   "They were trained on whole slices of 128 px: give them slices of about that size")
     a.add_argument("--force", action="store_true", help="overwrite existing outputs")
     a.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
 
@@ -251,9 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="pneumoniamnist",
-                   help="MedMNIST 2D flag, or ct for chapter 05's head-CT slices (default: %(default)s)")
+                   help="MedMNIST 2D flag, ct for chapter 05's head-CT slices, or ctmri for chapter 07's "
+                   "unpaired CT and MRI (labels 0 CT, 1 MRI) (default: %(default)s)")
     p.add_argument("--size", type=int, default=28,
-                   help="28, 64, 128 or 224 for MedMNIST; 512 (or a divisor) for ct (default: %(default)s)")
+                   help="28, 64, 128 or 224 for MedMNIST; 512 (or a divisor) for ct; 128 (or any) for ctmri "
+                   "(default: %(default)s)")
     p.add_argument("--root", default=None, help="folder with the .npz (else $MEDMNIST_ROOT, data/medmnist); "
                                                 "for ct a folder of ctN.png (else ../shared/data/ct_mri, data/ct_mri)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and batch order")
@@ -390,6 +395,12 @@ def cmd_apply(ns) -> int:
 
     model, _, device = _load_model(ns, "apply")
     try:
+        if ns.direction is not None:
+            if not callable(getattr(model, "generator", None)):
+                raise ValueError(f"--direction is for translators (CycleGAN); {ns.checkpoint} holds a "
+                                 f"{type(model).__name__}, which has one direction")
+            model.generator(ns.direction)  # an unknown direction fails here, naming the valid ones
+            model.direction = ns.direction
         if ns.out.suffix.lower() != ".npz":
             if ns.minmax and ns.window:
                 raise ValueError("--minmax and --window exclude each other")
@@ -439,12 +450,12 @@ def cmd_train_extractor(ns) -> int:
         save_classifier,
         train_classifier,
     )
-    from .data import dataset_info, load_arrays
+    from .data.ct import load_split
 
     device = _setup(ns)
     t0 = time.perf_counter()
-    tr, va, te = (load_arrays(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))
-    k = len(dataset_info(ns.dataset)["label"])
+    tr, va, te = (load_split(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))
+    k = len(tr.class_names)
     net, rec = train_classifier(tr.images, tr.labels, va, k,
                                 ClassifierTrainConfig(max_epochs=ns.max_epochs, seed=ns.seed),
                                 device=device, progress=True)

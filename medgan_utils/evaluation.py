@@ -60,10 +60,10 @@ from .data import (
     TensorLoader,
     downsample,
     gaussian_noise,
-    load_arrays,
     stratified_subset,
     upsample,
 )
+from .data.ct import load_split
 from .metrics import copy_fraction, extract_features, frechet_distance, kid, memorization, prdc
 from .models.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderModel
 from .train import FitConfig, fit
@@ -134,7 +134,7 @@ def train_autoencoder(
         ``(path, facts)``: the checkpoint and what its header records (``val_mse``,
         ``train_mse``, ``train_seconds``...).
     """
-    tr, va = load_arrays(dataset, "train", size), load_arrays(dataset, "val", size)
+    tr, va = load_split(dataset, "train", size), load_split(dataset, "val", size)
     torch.manual_seed(seed)
     net = Autoencoder(config or AutoencoderConfig(channels=tr.n_channels, image_size=size))
     model = AutoencoderModel(net, device)
@@ -245,7 +245,7 @@ class _Plan:
 
 @functools.lru_cache(maxsize=16)
 def _arrays(dataset: str, split: str, size: int):
-    return load_arrays(dataset, split, size)
+    return load_split(dataset, split, size)
 
 
 @functools.lru_cache(maxsize=16)

@@ -119,9 +119,14 @@ def nearest_training_distance(split: str = "test", size: int = 64,
 
 def load_split(name: str, split: str = "train", size: int = 28,
                root: str | os.PathLike | None = None) -> Arrays:
-    """A split of any data set a model kind trains on: MedMNIST by name, or ``"ct"``."""
+    """A split of any data set a model kind trains on: MedMNIST by name, ``"ct"`` (chapter 05's
+    head CT) or ``"ctmri"`` (chapter 07's unpaired CT and MRI, labelled by modality)."""
     if name == CT_NAME:
         return load_ct(split, size, root)
+    if name == "ctmri":
+        from .ctmri import load_ctmri
+
+        return load_ctmri(split, size, root)
     from .medmnist import load_arrays
 
     return load_arrays(name, split, size, root)

@@ -201,6 +201,8 @@ class Arrays:
     size: int
     images: np.ndarray
     labels: np.ndarray
+    # Label names of a data set that is not MedMNIST (chapter 07's {0: "CT", 1: "MRI"}).
+    classes: dict[int, str] | None = None
 
     @property
     def n_channels(self) -> int:
@@ -208,6 +210,8 @@ class Arrays:
 
     @property
     def class_names(self) -> dict[int, str]:
+        if self.classes is not None:
+            return dict(self.classes)
         return {int(k): v for k, v in dataset_info(self.name)["label"].items()}
 
     def __len__(self) -> int:

@@ -1,0 +1,177 @@
+"""Unpaired head CT and brain MRI slices for chapter 07 (CycleGAN), as one labelled data set.
+
+``ct_mri/`` holds 744 axial head-CT slices ``ctN.png`` and 744 brain-MRI slices ``mriN.jpg`` from
+different patients (a subset of the Kaggle set "CT to MRI cGAN"; no licence is stated, so the
+course uses them for teaching only: see ``data/README.md``). :func:`load_ctmri` returns one split
+of both as :class:`~.medmnist.Arrays` named ``"ctmri"``: uint8 (N, size, size) images with label 0
+for CT and 1 for MRI, so the course's classifier learns the domain verdict and its autoencoder a
+feature space of both modalities, and the CycleGAN loader splits the two domains by label.
+
+Preparation, fixed and tested:
+
+* **CT**: chapter 05's slices (:func:`~.ct.load_ct`), already 8-bit grayscale, 512 px, shrunk by
+  area averaging.
+* **MRI**: the files are mostly RGB JPEGs (a few grayscale, one RGBA, one palette) of 150 to
+  1024 px, of mixed sequences (T1, T2, FLAIR, post-contrast), some with tumours. Each is made
+  grayscale (PIL's ``convert("L")``), its longest side resized to ``size`` with antialiasing and
+  the rest padded with black, and its intensities stretched so that the 99.5th percentile of the
+  pixels brighter than 5 % of its maximum becomes 255. MRI intensities have no units, and the
+  files' contrast differs from scanner to web page; without the stretch the domain classifier
+  and the GAN would learn file brightness as "MRI".
+* **Duplicates**: 17 groups of byte-identical MRI files (md5). Only the lowest file number of each
+  group is kept, so no copy of a training image is held out (the split is by file number, below).
+* **Split**: by contiguous blocks of file numbers, the chapter-05 blocks for both modalities
+  (train < 1758 <= val < 2008 <= test). The two folders number their files the same way.
+
+=========  ======  =========================
+split      CT      MRI (after dropping copies)
+=========  ======  =========================
+train      519     513
+val        75      73
+test       150     138
+=========  ======  =========================
+
+Introduced in ``notebooks/07_cyclegan.ipynb``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .ct import CT_SIZE, ct_split_of, load_ct
+from .medmnist import SPLITS, Arrays
+
+CTMRI_NAME = "ctmri"
+CTMRI_SIZE = 128
+DOMAINS = {0: "CT", 1: "MRI"}
+# The stretch: the 99.5th percentile of pixels brighter than 5 % of the image's maximum -> 255.
+MRI_PERCENTILE = 99.5
+MRI_FLOOR = 0.05
+
+
+def mri_folder(root: str | os.PathLike | None = None) -> Path:
+    """The folder of ``mriN.jpg``: ``root`` or its ``mri/`` folder, else the ``mri/`` folder of
+    the ``ct_mri`` data set in ``../shared/data/`` or ``data/`` (the error names the folders
+    searched and how to fetch the set)."""
+    if root:
+        for cand in (Path(root), Path(root) / "mri"):
+            if cand.is_dir() and mri_numbers(cand):
+                return cand
+        raise FileNotFoundError(f"no mriN.jpg files in {root} or {Path(root) / 'mri'}; point root at "
+                                "the ct_mri folder, or leave it unset to search ../shared/data and data/")
+    from .fetch import find_dataset
+
+    return find_dataset("ct_mri", verify=False) / "mri"
+
+
+def mri_numbers(folder: str | os.PathLike) -> list[int]:
+    """The file numbers of ``mriN.jpg`` in ``folder``, sorted."""
+    return sorted(int(m.group(1)) for p in Path(folder).iterdir()
+                  if (m := re.fullmatch(r"mri(\d+)\.jpg", p.name)))
+
+
+def unique_mri_numbers(folder: str | os.PathLike) -> tuple[list[int], dict[int, int]]:
+    """The numbers kept (the lowest of each group of byte-identical files) and, for each copy
+    dropped, the number it copies."""
+    first: dict[str, int] = {}
+    dropped: dict[int, int] = {}
+    for n in mri_numbers(folder):
+        digest = hashlib.md5((Path(folder) / f"mri{n}.jpg").read_bytes()).hexdigest()
+        if digest in first:
+            dropped[n] = first[digest]
+        else:
+            first[digest] = n
+    return sorted(first.values()), dropped
+
+
+def prepare_mri(image, size: int = CTMRI_SIZE) -> np.ndarray:
+    """One MRI file (a PIL image of any mode and size) -> uint8 (size, size), as described above."""
+    from .folder import _fit_square
+
+    gray = np.asarray(image.convert("L"), np.float32) / 255.0
+    x = _fit_square(torch.from_numpy(gray), size, 0.0, 1.0).numpy()
+    bright = x[x > MRI_FLOOR * max(float(x.max()), 1e-6)]
+    top = float(np.percentile(bright, MRI_PERCENTILE)) if bright.size else 1.0
+    return np.round(np.clip(x / max(top, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def load_mri(split: str = "train", size: int = CTMRI_SIZE, root: str | os.PathLike | None = None
+             ) -> np.ndarray:
+    """One split of the MRI slices (copies dropped) as uint8 (N, size, size), in file-number order."""
+    from PIL import Image
+
+    folder = mri_folder(root)
+    keep, _ = unique_mri_numbers(folder)
+    nums = [n for n in keep if ct_split_of(n) == split]
+    out = np.empty((len(nums), size, size), np.uint8)
+    for i, n in enumerate(nums):
+        with Image.open(folder / f"mri{n}.jpg") as im:
+            out[i] = prepare_mri(im, size)
+    return out
+
+
+def _ct_at(split: str, size: int, root: str | os.PathLike | None) -> np.ndarray:
+    if CT_SIZE % size == 0:
+        return load_ct(split, size, root and Path(root) / "ct").images
+    from .folder import _fit_square
+
+    full = torch.from_numpy(load_ct(split, CT_SIZE, root and Path(root) / "ct").images).float() / 255
+    return np.stack([np.round(_fit_square(im, size, 0.0, 1.0).numpy() * 255).astype(np.uint8)
+                     for im in full])
+
+
+def shrink(images_u8: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 (N, H, W) -> (N, H/factor, W/factor) by area averaging, rounded: how the smaller
+    sizes of this data set are made from the 128 px one, and how translations made at 128 px are
+    brought to a feature space's size (so real and translated images are shrunk alike)."""
+    if factor == 1:
+        return np.asarray(images_u8)
+    x = torch.from_numpy(np.ascontiguousarray(images_u8)).float()[:, None]
+    return torch.nn.functional.avg_pool2d(x, factor)[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+@functools.lru_cache(maxsize=6)
+def _load(split: str, size: int, root: str | None) -> Arrays:
+    if size < CTMRI_SIZE and CTMRI_SIZE % size == 0:  # 64, 32...: area averages of the 128 px set
+        big = _load(split, CTMRI_SIZE, root)
+        images = shrink(big.images, CTMRI_SIZE // size)
+        return Arrays(CTMRI_NAME, split, size, images, big.labels, classes=dict(DOMAINS))
+    ct = _ct_at(split, size, root)
+    mri = load_mri(split, size, root)
+    images = np.concatenate([ct, mri])
+    labels = np.concatenate([np.zeros(len(ct), np.int64), np.ones(len(mri), np.int64)])
+    return Arrays(CTMRI_NAME, split, size, images, labels, classes=dict(DOMAINS))
+
+
+def load_ctmri(split: str = "train", size: int = CTMRI_SIZE,
+               root: str | os.PathLike | None = None) -> Arrays:
+    """One split of CT (label 0) and MRI (label 1) slices, CT first, each in file-number order.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        size: the side of the square images (128 for the CPU run, 256 on a GPU). Divisors of
+            128 (64, 32) are area averages of the 128 px images (:func:`shrink`); other sizes are
+            prepared from the files.
+        root: the ``ct_mri`` folder (default: ``../shared/data/ct_mri``, then ``data/ct_mri``).
+
+    Returns:
+        :class:`~.medmnist.Arrays` named ``"ctmri"`` with ``class_names`` {0: "CT", 1: "MRI"}.
+        Cached in memory (loading reads 1,488 files: a few seconds): copy before changing them.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if size < 8:
+        raise ValueError(f"size must be at least 8 px, got {size}")
+    return _load(split, int(size), str(root) if root else None)
+
+
+def domain(data: Arrays, label: int) -> np.ndarray:
+    """The images of one domain (0: CT, 1: MRI) of a ``ctmri`` split."""
+    return data.images[np.asarray(data.labels) == label]
