@@ -274,8 +274,8 @@ def test_least_squares_losses_are_the_lsgan_formulas():
     m = ReconModel(ReconConfig(task="lowdose", width=8, adv_weight=0.01, d_width=8))
     real, fake = torch.tensor([[0.9, 1.2], [0.4, 1.0]]), torch.tensor([[0.1, -0.3], [0.5, 0.0]])
     want_d = 0.5 * (((real - 1) ** 2).mean() + (fake ** 2).mean())  # no LeakyReLU before the squares
-    assert float(m._d_loss(real, fake)) == pytest.approx(float(want_d), rel=1e-6)
-    assert float(m._g_adv(fake)) == pytest.approx(float(((fake - 1) ** 2).mean()), rel=1e-6)
+    assert float(m._adv.d(real, fake)) == pytest.approx(float(want_d), rel=1e-6)
+    assert float(m._adv.g(fake)) == pytest.approx(float(((fake - 1) ** 2).mean()), rel=1e-6)
 
 
 def test_inpaint_loader_alternates_hole_shapes_even_one_image_at_a_time():

@@ -30,9 +30,41 @@ from torch import nn
 
 from .losses import d_loss_bce, g_loss_non_saturating
 
-__all__ = ["GAN_LOSSES", "PairedModel", "check_loss_weights", "feature_loss"]
+__all__ = ["GAN_LOSSES", "AdversarialLoss", "PairedModel", "check_loss_weights", "feature_loss"]
 
 GAN_LOSSES = ("bce", "least_squares")
+
+
+class AdversarialLoss:
+    """The adversarial terms on discriminator logits, shared by every image-to-image model
+    (pix2pix-style models here, CycleGAN in :mod:`.cyclegan`).
+
+    ``"bce"``: the non-saturating loss of chapter 01 on logits. ``"least_squares"`` (LSGAN, Mao
+    et al. 2017): MONAI's ``PatchAdversarialLoss`` with ``no_activation_leastsq=True``, i.e.
+    D minimises ``((D(real) - 1)^2 + D(fake)^2) / 2`` and G minimises ``(D(G(x)) - 1)^2``.
+    """
+
+    def __init__(self, gan_loss: str = "least_squares"):
+        if gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {gan_loss!r}")
+        self.kind = gan_loss
+        if gan_loss == "least_squares":
+            from monai.losses import PatchAdversarialLoss
+
+            self._lsgan = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+
+    def d(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """D's loss from its logits on real and on (detached) fake images."""
+        if self.kind == "bce":
+            return d_loss_bce(real, fake)
+        return 0.5 * (self._lsgan(real, target_is_real=True, for_discriminator=True)
+                      + self._lsgan(fake, target_is_real=False, for_discriminator=True))
+
+    def g(self, fake: torch.Tensor) -> torch.Tensor:
+        """G's loss from D's logits on its fakes."""
+        if self.kind == "bce":
+            return g_loss_non_saturating(fake)
+        return self._lsgan(fake, target_is_real=True, for_discriminator=False)
 
 
 def check_loss_weights(config: Any) -> None:
@@ -100,10 +132,7 @@ class PairedModel:
             self.D = PatchDiscriminator(spatial_dims=2, channels=c.d_width, in_channels=d_in,
                                         num_layers_d=3, norm=None, bias=True).to(self.device)
             self.opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr_d, betas=(0.9, 0.999))
-            if self.gan_loss == "least_squares":
-                from monai.losses import PatchAdversarialLoss
-
-                self._lsgan = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+            self._adv = AdversarialLoss(self.gan_loss)
         self.feature_net = feature_net.to(self.device).eval().requires_grad_(False) if feature_net else None
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -126,17 +155,6 @@ class PairedModel:
     def _logits(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         return self.D(torch.cat([x, image], 1) if self.conditional_d else image)[-1]
 
-    def _d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        if self.gan_loss == "bce":
-            return d_loss_bce(real, fake)
-        return 0.5 * (self._lsgan(real, target_is_real=True, for_discriminator=True)
-                      + self._lsgan(fake, target_is_real=False, for_discriminator=True))
-
-    def _g_adv(self, fake: torch.Tensor) -> torch.Tensor:
-        if self.gan_loss == "bce":
-            return g_loss_non_saturating(fake)
-        return self._lsgan(fake, target_is_real=True, for_discriminator=False)
-
     # -- training and use ---------------------------------------------------------------------
 
     def train_step(self, batches: Iterator) -> dict[str, float]:
@@ -146,7 +164,7 @@ class PairedModel:
         fake = self.G(x)
         log: dict[str, float] = {}
         if self.adversarial:  # D first, on the same fakes G is then updated with
-            loss_D = self._d_loss(self._logits(x, target), self._logits(x, fake.detach()))
+            loss_D = self._adv.d(self._logits(x, target), self._logits(x, fake.detach()))
             self.opt_D.zero_grad(set_to_none=True)
             loss_D.backward()
             self.opt_D.step()
@@ -162,7 +180,7 @@ class PairedModel:
             loss_G = loss_G + c.feature_weight * feat
             log["feature"] = feat.item()
         if self.adversarial:
-            adv = self._g_adv(self._logits(x, fake))
+            adv = self._adv.g(self._logits(x, fake))
             loss_G = loss_G + c.adv_weight * adv
             log["adv"] = adv.item()
         self.opt_G.zero_grad(set_to_none=True)
