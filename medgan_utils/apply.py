@@ -371,12 +371,14 @@ def _write_note(out: Path, model: Any, checkpoint: str | os.PathLike, s: int, ti
         "command": "medgan apply", "created": when, "version": version,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "", "model": facts,
         "scale": s, "tiling": {"tile": tile, "overlap": overlap, "unit": "input pixels"},
+        **({"direction": model.direction} if hasattr(model, "direction") else {}),
         "intensity": intensity + " to [-1, 1]; stored_range: the stored values of -1 and 1",
         "formats": {"png": "uint8, 0-255 for -1..1", "npy": "float32 (H, W) in [-1, 1]"},
         "read_notes": read_notes, "images": records})
     _write(out / README, "\n".join([
         f"Outputs of `medgan apply` ({version}), {when}.",
-        f"Model: {facts.get('kind', facts.get('model'))} from {checkpoint or '(no file)'}; outputs "
+        f"Model: {facts.get('kind', facts.get('model'))} from {checkpoint or '(no file)'}"
+        + (f", direction {model.direction}" if hasattr(model, "direction") else "") + "; outputs "
         + (f"{s}x larger than the input." if s > 1 else "of the input's size."),
         f"{len(records)} image(s), each read at its own size, {intensity} to [-1, 1], processed in "
         f"tiles of {tile} input pixels with {overlap} of context; written as <name>.png (uint8, "

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .data import Arrays, TensorLoader
+from .models.cyclegan import CYCLEGAN_PRESETS, CycleGAN, CycleGANConfig
 from .models.gan import GAN, PRESETS, GANConfig
 from .models.recon import RECON_PRESETS, ReconConfig, ReconModel
 from .models.sr import SR_PRESETS, SRConfig, SRModel
@@ -356,4 +357,52 @@ register(ModelKind(
     loader=_recon_loader,
     export_modules=lambda model: {"G": model.G},
     evaluate=_recon_evaluate,
+))
+
+
+# -- chapter 07: unpaired translation ---------------------------------------------------------
+
+
+def _domain_names(data: Arrays, conditional: bool) -> dict[str, Any]:
+    # Domain A is label 0, B label 1; chapter 07's CT/MRI keep the config's own names (ct, mr).
+    names = data.class_names
+    if len(names) != 2:
+        raise ValueError(f"a CycleGAN translates between two domains, labels 0 and 1; {data.name} has "
+                         f"{len(names)} classes")
+    fields: dict[str, Any] = {"channels": data.n_channels}
+    if data.name != "ctmri":
+        short = [str(names[k]).split()[0].split(",")[0].lower().replace("2", "two")[:12] for k in (0, 1)]
+        if short[0] != short[1]:
+            fields.update(a_name=short[0], b_name=short[1])
+        else:
+            fields.update(a_name="a", b_name="b")
+    return fields
+
+
+def _unpaired_loader(data: Arrays, config: Any, batch_size: int, device: torch.device | str,
+                     seed: int) -> Iterable:
+    from .data import UnpairedLoader
+
+    labels = np.asarray(data.labels).reshape(-1)
+    a, b = data.images[labels == 0], data.images[labels == 1]
+    if not len(a) or not len(b):
+        raise ValueError(f"{data.name} {data.split} needs images of both label 0 and label 1 "
+                         f"(found {len(a)} and {len(b)})")
+    return UnpairedLoader(a, b, batch_size, device, seed=seed)
+
+
+def _cyclegan_evaluate(model: Any, images: torch.Tensor, dataset: str, seed: int) -> dict[str, Any]:
+    from .translation import evaluate_model
+
+    return evaluate_model(model, dataset)
+
+
+register(ModelKind(
+    "cyclegan", CycleGANConfig, CycleGAN, presets=CYCLEGAN_PRESETS,
+    description="unpaired translation of chapter 07 (CycleGAN: head CT <-> brain MRI)",
+    preset_help={"cyclegan": "two ResNet generators + two patch discriminators, LSGAN, cycle and "
+                             "identity losses, image pool (chapter 07; --dataset ctmri --size 128)"},
+    data_fields=_domain_names,
+    loader=_unpaired_loader,
+    evaluate=_cyclegan_evaluate,
 ))
