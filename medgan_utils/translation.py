@@ -325,8 +325,11 @@ def evaluate_model(model: Any, dataset: str = DATASET, n: int | None = None,
             res.update({f"{name}{k}": v for k, v in judge.scores(imgs).items()})
             res[f"{name}mask_dice"] = float(mask_dice(x, imgs).mean())
             res[f"{name}edge_f1"] = float(edge_f1(x, imgs).mean())
-        cyc = cycle_scores(x, back)
-        res["cycle_psnr"], res["cycle_ssim"] = float(cyc["psnr"].mean()), float(cyc["ssim"].mean())
+        base_back = classical_translation(base, target_histogram(src, size))
+        for name, returned in (("", back), ("baseline_", base_back)):
+            cyc = cycle_scores(x, returned)
+            res[f"{name}cycle_psnr"] = float(cyc["psnr"].mean())
+            res[f"{name}cycle_ssim"] = float(cyc["ssim"].mean())
         res.update({f"{k}_source": v for k, v in judge.fd(x).items()})
         res["source_domain_acc"] = _target_rate(verdict(net, x), tgt)
         res["real_domain_acc"] = _target_rate(verdict(net, ref_imgs), tgt)

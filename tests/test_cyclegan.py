@@ -256,3 +256,29 @@ def test_cycle_scores_rank_a_worse_round_trip_lower():
     far = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     a, b = cycle_scores(x, close), cycle_scores(x, far)
     assert (a["psnr"] > b["psnr"] + 10).all() and (a["ssim"] > b["ssim"]).all()
+
+
+@pytest.mark.needs_ct
+def test_evaluate_model_reports_both_directions_with_baseline_floor_and_calibration():
+    import warnings
+
+    from medgan_utils.translation import evaluate_model
+
+    torch.manual_seed(0)
+    model = CycleGAN(CycleGANConfig(width=4, n_blocks=1, d_width=4))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="FD with")  # 32 slices: FD is a rough number here
+        res = evaluate_model(model, n=32)
+    for d in ("ct2mr", "mr2ct"):
+        for k in ("domain_acc", "fd", "fd_source", "mask_dice", "cycle_psnr", "edge_f1", "texture_fd",
+                  "baseline_domain_acc", "baseline_fd", "baseline_mask_dice", "baseline_cycle_psnr", "floor_fd"):
+            assert np.isfinite(res[f"{d}/{k}"]), (d, k)
+        # The yardsticks themselves: the classifier knows real slices, the baseline keeps the head.
+        assert res[f"{d}/source_domain_acc"] < 0.2 and res[f"{d}/real_domain_acc"] > 0.9
+        assert res[f"{d}/baseline_mask_dice"] > 0.98
+        # The texture space ranks blur and noise worse than the floor, more of each worse again
+        # (the whole-slice autoencoder is checked at full size in notebook 07: 32 slices are too few).
+        assert res[f"{d}/calib_blur2_texture_fd"] > res[f"{d}/calib_blur1_texture_fd"] > res[f"{d}/floor_texture_fd"]
+        assert res[f"{d}/calib_noise0.2_texture_fd"] > res[f"{d}/floor_texture_fd"]
+    with pytest.raises(ValueError, match="ctmri"):
+        evaluate_model(model, "pneumoniamnist")
