@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"({line}). The preset sets some "
                                        f"{kind.config_cls.__name__} options; options given here override it.")
         _data_args(pp)
-        pp.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+        pp.add_argument("--batch-size", type=int, default=kind.batch_size,
+                        help="images per batch (default: %(default)s)")
         pp.add_argument("--conditional", action="store_true", help="class-conditional G and D (chapter 04)")
         pp.add_argument("--holdout-reference", action="store_true",
                         help="train only on the training images that `medgan evaluate` does not use as its "
@@ -396,11 +397,10 @@ def cmd_apply(ns) -> int:
     model, _, device = _load_model(ns, "apply")
     try:
         if ns.direction is not None:
-            if not callable(getattr(model, "generator", None)):
+            if not callable(getattr(model, "resolve", None)):
                 raise ValueError(f"--direction is for translators (CycleGAN); {ns.checkpoint} holds a "
                                  f"{type(model).__name__}, which has one direction")
-            model.generator(ns.direction)  # an unknown direction fails here, naming the valid ones
-            model.direction = ns.direction
+            model.direction = model.resolve(ns.direction)  # an unknown one fails, naming the valid ones
         if ns.out.suffix.lower() != ".npz":
             if ns.minmax and ns.window:
                 raise ValueError("--minmax and --window exclude each other")

@@ -74,6 +74,9 @@ def train_model(
         ``(model, history)``.
     """
     kind = kind_of(config)
+    check = getattr(config, "check_fit", None)
+    if callable(check):  # a config whose settings depend on the run's length (CycleGAN's LR schedule)
+        check(fit_config)
     if seed is not None:
         torch.manual_seed(seed)
     arrays = data if isinstance(data, Arrays) else None

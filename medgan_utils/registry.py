@@ -94,6 +94,7 @@ class ModelKind:
         evaluate: for image-to-image kinds with a chapter's own scoring, ``(model, images (N, C,
             H, W) in [-1, 1], dataset, seed) -> dict`` of numbers (``medgan evaluate``); None:
             :func:`medgan_utils.metrics.evaluate_paired` with ``make_pairs`` and ``baseline``.
+        batch_size: the default of ``medgan train``'s ``--batch-size`` for this kind.
     """
 
     name: str
@@ -112,6 +113,7 @@ class ModelKind:
     make_pairs: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     baseline: Callable[..., torch.Tensor] | None = None
     evaluate: Callable[..., dict[str, Any]] | None = None
+    batch_size: int = 64
 
     def config(self, preset: str | None = None, data: Arrays | None = None,
                conditional: bool = False, **overrides: Any) -> Any:
@@ -394,6 +396,7 @@ def _unpaired_loader(data: Arrays, config: Any, batch_size: int, device: torch.d
 def _cyclegan_evaluate(model: Any, images: torch.Tensor, dataset: str, seed: int) -> dict[str, Any]:
     from .translation import evaluate_model
 
+    # Both directions on the whole test split of each modality (``images`` mixes the two).
     return evaluate_model(model, dataset)
 
 
@@ -405,4 +408,5 @@ register(ModelKind(
     data_fields=_domain_names,
     loader=_unpaired_loader,
     evaluate=_cyclegan_evaluate,
+    batch_size=1,  # as in the paper: one image per domain per step (the pool holds 50)
 ))

@@ -24,7 +24,7 @@ in CT is dark in MRI; CSF dark in CT is bright on T2), then match the histogram 
 the target modality's training histogram.
 
 Held-out images: the test split of each modality is translated; the reference of the target
-modality is its validation and test images (73 + 138 MRI, 75 + 150 CT), which no model saw.
+modality is its validation and test images (31 + 68 MRI, 75 + 150 CT), which no model saw.
 Scoring is at 64 px (:data:`FEATURE_SIZE`): images are shrunk by area averaging
 (:func:`~medgan_utils.data.ctmri.shrink`) exactly as the feature space's training images were.
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import to_float, to_uint8
+from .data import gaussian_noise, to_float, to_uint8
 from .data.ct import head_mask
 from .data.ctmri import CTMRI_SIZE, DOMAINS, load_ctmri, shrink
 from .metrics import frechet_distance, prdc
@@ -64,6 +64,19 @@ def domain_images(label: int, split: str, size: int = CTMRI_SIZE) -> torch.Tenso
     """Float (N, 1, size, size) in [-1, 1] of one modality (0 CT, 1 MRI) of a split."""
     data = load_ctmri(split, size)
     return to_float(torch.from_numpy(np.array(data.images[np.asarray(data.labels) == label])))
+
+
+def spread(x: torch.Tensor, n: int | None) -> torch.Tensor:
+    """``n`` images spread evenly over ``x`` (all when ``n`` is None or too large): a subset that
+    is not one contiguous block of file numbers, i.e. not a few heads."""
+    if n is None or n >= len(x):
+        return x
+    return x[torch.linspace(0, len(x) - 1, n).round().long()]
+
+
+def eight_bit(x: torch.Tensor) -> torch.Tensor:
+    """Images rounded to 8 bits on the CPU, as files and ``medgan apply`` hold them."""
+    return to_float(torch.from_numpy(to_uint8(x.detach().cpu())))
 
 
 def reference_images(label: int, size: int = CTMRI_SIZE) -> torch.Tensor:
@@ -283,9 +296,10 @@ class _Judge:
                 for space, f in (("", features), ("texture_", texture_features))}
 
     def scores(self, x: torch.Tensor) -> dict[str, float]:
-        out = self.fd(x)
-        out.update(prdc(self.ref[""], features(x), k=PRDC_K))
-        return out
+        feats = features(x)
+        return {"fd": frechet_distance(feats, self.ref[""]),
+                "texture_fd": frechet_distance(texture_features(x), self.ref["texture_"]),
+                **prdc(self.ref[""], feats, k=PRDC_K)}
 
 
 @torch.no_grad()
@@ -303,7 +317,7 @@ def evaluate_model(model: Any, dataset: str = DATASET, n: int | None = None,
 
     Args:
         model: a :class:`~medgan_utils.models.cyclegan.CycleGAN` trained on ``ctmri``.
-        n: translate only the first ``n`` test images of each modality (None: all).
+        n: translate ``n`` test images of each modality, spread over the split (None: all).
         classifier: the domain classifier (default: the shipped one).
     """
     if dataset != DATASET:
@@ -314,10 +328,11 @@ def evaluate_model(model: Any, dataset: str = DATASET, n: int | None = None,
     size = CTMRI_SIZE
     out: dict[str, Any] = {"feature_space": f"autoencoder_{DATASET}_{FEATURE_SIZE}", "size": size}
     for direction, src, tgt in _directions(model):
-        x = domain_images(src, "test", size)[:n]
+        x = spread(domain_images(src, "test", size), n)
         ref_imgs = reference_images(tgt, size)
         judge = _Judge(ref_imgs)
-        y, back = model.cycle(x, direction)
+        # Scored as `medgan apply` writes them: 8 bits, on the CPU.
+        y, back = (eight_bit(t) for t in model.cycle(x, direction))
         base = classical_translation(x, target_histogram(tgt, size))
         res: dict[str, float] = {"n": float(len(x)), "n_reference": float(len(ref_imgs))}
         for name, imgs in (("", y), ("baseline_", base)):
@@ -325,21 +340,22 @@ def evaluate_model(model: Any, dataset: str = DATASET, n: int | None = None,
             res.update({f"{name}{k}": v for k, v in judge.scores(imgs).items()})
             res[f"{name}mask_dice"] = float(mask_dice(x, imgs).mean())
             res[f"{name}edge_f1"] = float(edge_f1(x, imgs).mean())
-        base_back = classical_translation(base, target_histogram(src, size))
+        base_back = classical_translation(eight_bit(base), target_histogram(src, size))
         for name, returned in (("", back), ("baseline_", base_back)):
             cyc = cycle_scores(x, returned)
             res[f"{name}cycle_psnr"] = float(cyc["psnr"].mean())
             res[f"{name}cycle_ssim"] = float(cyc["ssim"].mean())
         res.update({f"{k}_source": v for k, v in judge.fd(x).items()})
         res["source_domain_acc"] = _target_rate(verdict(net, x), tgt)
-        res["real_domain_acc"] = _target_rate(verdict(net, ref_imgs), tgt)
+        # Test slices only: the classifier chose its epoch on the validation slices.
+        res["real_domain_acc"] = _target_rate(verdict(net, domain_images(tgt, "test", size)), tgt)
         gen = torch.Generator().manual_seed(0)
         train_tgt = domain_images(tgt, "train", size)
         floor = train_tgt[torch.randperm(len(train_tgt), generator=gen)[:len(x)]]
         res.update({f"floor_{k}": v for k, v in judge.fd(floor).items()})
         if with_calibration:
-            for name, bad in (("noise0.1", floor + 0.1 * torch.randn(floor.shape, generator=gen)),
-                              ("noise0.2", floor + 0.2 * torch.randn(floor.shape, generator=gen)),
+            for name, bad in (("noise0.1", gaussian_noise(floor, 0.1, seed=1)),
+                              ("noise0.2", gaussian_noise(floor, 0.2, seed=2)),
                               ("blur1", _blur(floor, 1.0)), ("blur2", _blur(floor, 2.0))):
                 res.update({f"calib_{name}_{k}": v for k, v in judge.fd(bad.clamp(-1, 1)).items()})
         out.update({f"{direction}/{k}": v for k, v in res.items()})

@@ -18,8 +18,13 @@ Preparation, fixed and tested:
   pixels brighter than 5 % of its maximum becomes 255. MRI intensities have no units, and the
   files' contrast differs from scanner to web page; without the stretch the domain classifier
   and the GAN would learn file brightness as "MRI".
-* **Duplicates**: 17 groups of byte-identical MRI files (md5). Only the lowest file number of each
-  group is kept, so no copy of a training image is held out (the split is by file number, below).
+* **Duplicates**: 17 groups of byte-identical MRI files (md5); only the lowest file number of
+  each is kept. Beyond those, the same MRI slice often appears several times, resized, cropped
+  or re-encoded (the images were collected from the web): a validation or test MRI that is a
+  near-copy of a training MRI (at 32 px, correlation above 0.97 or a mean absolute difference
+  under 4 grey levels) is dropped too (:func:`held_out_mri`), 120 files, so no held-out MRI is a
+  copy or a close neighbour of a training slice. CT needs no such step (its blocks are
+  contiguous scans, and no held-out slice is a copy: chapter 05's tests check).
 * **Split**: by contiguous blocks of file numbers, the chapter-05 blocks for both modalities
   (train < 1758 <= val < 2008 <= test). The two folders number their files the same way.
 
@@ -27,8 +32,8 @@ Preparation, fixed and tested:
 split      CT      MRI (after dropping copies)
 =========  ======  =========================
 train      519     513
-val        75      73
-test       150     138
+val        75      31
+test       150     68
 =========  ======  =========================
 
 Introduced in ``notebooks/07_cyclegan.ipynb``.
@@ -54,6 +59,10 @@ DOMAINS = {0: "CT", 1: "MRI"}
 # The stretch: the 99.5th percentile of pixels brighter than 5 % of the image's maximum -> 255.
 MRI_PERCENTILE = 99.5
 MRI_FLOOR = 0.05
+# A held-out MRI this close to a training MRI (at COPY_SIDE px) is dropped: see held_out_mri.
+COPY_SIDE = 32
+COPY_CORRELATION = 0.97
+COPY_MAD = 4.0
 
 
 def mri_folder(root: str | os.PathLike | None = None) -> Path:
@@ -102,19 +111,60 @@ def prepare_mri(image, size: int = CTMRI_SIZE) -> np.ndarray:
     return np.round(np.clip(x / max(top, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def load_mri(split: str = "train", size: int = CTMRI_SIZE, root: str | os.PathLike | None = None
-             ) -> np.ndarray:
-    """One split of the MRI slices (copies dropped) as uint8 (N, size, size), in file-number order."""
+def _read_mri(folder: Path, nums: list[int], size: int) -> np.ndarray:
     from PIL import Image
 
-    folder = mri_folder(root)
-    keep, _ = unique_mri_numbers(folder)
-    nums = [n for n in keep if ct_split_of(n) == split]
     out = np.empty((len(nums), size, size), np.uint8)
     for i, n in enumerate(nums):
         with Image.open(folder / f"mri{n}.jpg") as im:
             out[i] = prepare_mri(im, size)
     return out
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation and mean absolute difference (grey levels) of every image of ``a``
+    with every image of ``b`` (uint8, same size), at :data:`COPY_SIDE` px."""
+    za, zb = (torch.from_numpy(shrink(x, x.shape[-1] // COPY_SIDE)).float().flatten(1) for x in (a, b))
+    mad = torch.cdist(za, zb, p=1) / za.shape[1]
+    ca, cb = (z - z.mean(1, keepdim=True) for z in (za, zb))
+    ca, cb = (c / c.norm(dim=1, keepdim=True).clamp_min(1e-6) for c in (ca, cb))
+    return (ca @ cb.T).numpy(), mad.numpy()
+
+
+@functools.lru_cache(maxsize=2)
+def held_out_mri(folder: str) -> dict[str, tuple[list[int], dict[int, int]]]:
+    """For each split, the MRI file numbers kept and, for each dropped, the file it copies.
+
+    Train keeps every file but byte-identical copies. A validation or test file is also dropped
+    when it is a *near-copy* of a training file: at 32 px, correlation above
+    :data:`COPY_CORRELATION` or a mean absolute difference under :data:`COPY_MAD` grey levels.
+    The MRI were collected from the web, and the same slice often appears several times,
+    resized, cropped or re-encoded (the check finds about a third of the held-out files); a
+    slice that close to a training slice, a copy or a neighbouring slice of the same head,
+    cannot test how a model does on unseen images.
+    """
+    path = Path(folder)
+    keep, dropped = unique_mri_numbers(path)
+    out: dict[str, tuple[list[int], dict[int, int]]] = {}
+    train = [n for n in keep if ct_split_of(n) == "train"]
+    out["train"] = (train, {n: m for n, m in dropped.items() if ct_split_of(n) == "train"})
+    train_imgs = _read_mri(path, train, CTMRI_SIZE)
+    for split in ("val", "test"):
+        nums = [n for n in keep if ct_split_of(n) == split]
+        corr, mad = _similarity(_read_mri(path, nums, CTMRI_SIZE), train_imgs)
+        near = (corr > COPY_CORRELATION) | (mad < COPY_MAD)
+        gone = {n: m for n, m in dropped.items() if ct_split_of(n) == split}
+        gone |= {n: train[int(corr[i].argmax())] for i, n in enumerate(nums) if near[i].any()}
+        out[split] = ([n for n in nums if n not in gone], gone)
+    return out
+
+
+def load_mri(split: str = "train", size: int = CTMRI_SIZE, root: str | os.PathLike | None = None
+             ) -> np.ndarray:
+    """One split of the MRI slices (copies dropped: :func:`held_out_mri`) as uint8
+    (N, size, size), in file-number order."""
+    folder = mri_folder(root)
+    return _read_mri(folder, held_out_mri(str(folder))[split][0], size)
 
 
 def _ct_at(split: str, size: int, root: str | os.PathLike | None) -> np.ndarray:

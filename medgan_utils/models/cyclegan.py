@@ -19,7 +19,8 @@ Learning rates stay constant for ``constant_steps`` and then fall linearly to ze
 
 Generators: the ResNet generator of the paper (c7s1-w, two stride-2 downsamplings, ``n_blocks``
 residual blocks, two upsamplings, c7s1-C, tanh), instance norm and reflection padding, sized for
-a CPU with ``width``. MONAI has no CycleGAN generator, so it is written here (25 lines).
+a CPU with ``width``; PyTorch's default initialisation (the paper draws weights from N(0, 0.02)).
+MONAI has no CycleGAN generator, so it is written here (25 lines).
 Discriminators: MONAI's ``PatchDiscriminator`` (70 x 70 PatchGAN with 3 layers), instance norm
 as in the paper.
 
@@ -29,8 +30,10 @@ Introduced in ``notebooks/07_cyclegan.ipynb``.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +52,7 @@ class CycleGANConfig:
         width: channels of the generators' first layer (64 in the paper; 16 for a CPU).
         n_blocks: residual blocks in each generator (9 for 256 px in the paper, 6 for 128 px).
         d_width: channels of the discriminators' first layer (64 in the paper).
-        d_norm: the discriminators' normalisation (``INSTANCE`` as in the paper, or ``""``).
+        d_norm: the discriminators' normalisation (``INSTANCE`` as in the paper, ``BATCH`` or ``""``).
         cycle_weight: lambda of the cycle loss (10).
         identity_weight: the identity loss, as a fraction of ``cycle_weight`` (0.5).
         pool_size: fakes kept per domain in the history pool (50; 0 = none).
@@ -71,8 +74,8 @@ class CycleGANConfig:
     pool_size: int = 50
     gan_loss: str = "least_squares"
     lr: float = 2e-4
-    constant_steps: int = 3000
-    decay_steps: int = 3000
+    constant_steps: int = 5000
+    decay_steps: int = 5000
     a_name: str = "ct"
     b_name: str = "mr"
 
@@ -84,8 +87,8 @@ class CycleGANConfig:
             raise ValueError("weights, pool size and step counts must be >= 0")
         if self.width < 1 or self.n_blocks < 0 or self.d_width < 1:
             raise ValueError("width and d_width must be >= 1 and n_blocks >= 0")
-        if self.d_norm not in ("", "INSTANCE", "BATCH", "GROUP"):
-            raise ValueError(f"d_norm must be '', INSTANCE, BATCH or GROUP, got {self.d_norm!r}")
+        if self.d_norm not in ("", "INSTANCE", "BATCH"):
+            raise ValueError(f"d_norm must be '', INSTANCE or BATCH, got {self.d_norm!r}")
         if not (self.a_name and self.b_name) or self.a_name == self.b_name or "2" in self.a_name + self.b_name:
             raise ValueError(f"domain names must differ, be non-empty and hold no '2': {self.a_name!r}, {self.b_name!r}")
 
@@ -93,6 +96,19 @@ class CycleGANConfig:
     def directions(self) -> tuple[str, str]:
         """``("ct2mr", "mr2ct")``: A -> B and B -> A."""
         return f"{self.a_name}2{self.b_name}", f"{self.b_name}2{self.a_name}"
+
+    def check_fit(self, fit_config: Any) -> None:
+        """Called before training: the schedule must fit the run's length (``--steps``)."""
+        total = self.constant_steps + self.decay_steps
+        if self.decay_steps and fit_config.steps > total:
+            raise ValueError(f"{fit_config.steps} steps but the learning rate reaches 0 after {total} "
+                             f"(constant_steps {self.constant_steps} + decay_steps {self.decay_steps}): "
+                             "the rest would not train. Set --constant-steps and --decay-steps to add up "
+                             "to --steps (half and half in the paper)")
+        if self.decay_steps and fit_config.steps < total:
+            warnings.warn(f"{fit_config.steps} steps: training stops before the learning rate has decayed "
+                          f"(constant_steps {self.constant_steps} + decay_steps {self.decay_steps} = {total})",
+                          stacklevel=2)
 
     def lr_factor(self, step: int) -> float:
         """The learning rate at ``step`` (0-based) as a fraction of ``lr``."""
@@ -281,14 +297,19 @@ class CycleGAN:
 
     # -- use ------------------------------------------------------------------------------------
 
-    def generator(self, direction: str) -> nn.Module:
-        """``G_AB`` for ``"ct2mr"`` (A -> B; also ``"AB"``), ``G_BA`` for ``"mr2ct"``/``"BA"``."""
+    def resolve(self, direction: str) -> str:
+        """The direction's full name: ``"ct2mr"`` for ``"ct2mr"`` or ``"AB"``, ``"mr2ct"`` for
+        ``"mr2ct"`` or ``"BA"``; a ValueError naming the valid ones otherwise."""
         ab, ba = self.config.directions
         if direction in (ab, "AB"):
-            return self.G_AB
+            return ab
         if direction in (ba, "BA"):
-            return self.G_BA
+            return ba
         raise ValueError(f"direction must be {ab} or {ba} (or AB/BA), got {direction!r}")
+
+    def generator(self, direction: str) -> nn.Module:
+        """``G_AB`` for ``"ct2mr"`` (A -> B; also ``"AB"``), ``G_BA`` for ``"mr2ct"``/``"BA"``."""
+        return self.G_AB if self.resolve(direction) == self.config.directions[0] else self.G_BA
 
     @torch.no_grad()
     def translate(self, x: torch.Tensor, direction: str) -> torch.Tensor:
@@ -309,8 +330,7 @@ class CycleGAN:
         """``(translation, translation translated back)`` of source images ``x``."""
         ab, ba = self.config.directions
         y = self.translate(x, direction)
-        back = ba if direction in (ab, "AB") else ab
-        return y, self.translate(y, back)
+        return y, self.translate(y, ba if self.resolve(direction) == ab else ab)
 
     def visuals(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Rows of the last batch: A, A -> B, back to A; B, B -> A, back to B."""
