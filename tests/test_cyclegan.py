@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from medgan_utils import cli
-from medgan_utils.models.cyclegan import CycleGAN, CycleGANConfig, ImagePool, ResnetGenerator
+from medgan_utils.models.cyclegan import CycleGAN, CycleGANConfig, ResnetGenerator
+from medgan_utils.models.parts import ImagePool
 from medgan_utils.train import FitConfig, fit
 
 TINY = CycleGANConfig(width=4, n_blocks=1, d_width=4, pool_size=3, constant_steps=2, decay_steps=2)

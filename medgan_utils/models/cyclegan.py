@@ -12,7 +12,8 @@ and ``D_B``, are one model: :meth:`CycleGAN.train_step` updates both generators 
   target-domain image should pass through unchanged (keeps intensities from drifting);
 
 then each discriminator on real images against fakes drawn from a 50-image *history pool*
-(Shrivastava et al. 2017): half the time D sees an older fake, so G cannot win by oscillating.
+(Shrivastava et al. 2017; :class:`~.parts.ImagePool`): half the time D sees an older fake, so G
+cannot win by oscillating.
 Learning rates stay constant for ``constant_steps`` and then fall linearly to zero over
 ``decay_steps``. The pool, its random stream and the step count are the model's
 ``state_dict``, so a resumed run continues exactly. A checkpoint holds all four networks.
@@ -41,8 +42,9 @@ from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from .img2img import GAN_LOSSES, AdversarialLoss
+from .parts import ImagePool
 
-__all__ = ["CYCLEGAN_PRESETS", "CycleGAN", "CycleGANConfig", "ImagePool", "ResnetGenerator"]
+__all__ = ["CYCLEGAN_PRESETS", "CycleGAN", "CycleGANConfig", "ResnetGenerator"]
 
 
 @dataclass(frozen=True)
@@ -161,45 +163,6 @@ class ResnetGenerator(nn.Module):
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect")
         return self.net(x)[..., :h, :w]
-
-
-class ImagePool:
-    """The history of generated images (Shrivastava et al. 2017; CycleGAN's ``ImagePool``).
-
-    Until it holds ``size`` images, every fake is stored and passed on. Then each fake is, with
-    probability 1/2, passed on as it is, or stored in place of a random older one, which is passed
-    on instead. Draws come from the pool's own generator, so the training noise does not depend
-    on the pool and a resumed run draws the same.
-    """
-
-    def __init__(self, size: int = 50, seed: int = 0):
-        self.size = size
-        self.images: list[torch.Tensor] = []
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def query(self, fakes: torch.Tensor) -> torch.Tensor:
-        if self.size == 0:
-            return fakes
-        out = []
-        for img in fakes.detach():
-            if len(self.images) < self.size:
-                self.images.append(img.clone())
-                out.append(img)
-            elif torch.rand((), generator=self.gen) < 0.5:
-                i = int(torch.randint(len(self.images), (), generator=self.gen))
-                out.append(self.images[i].clone())
-                self.images[i] = img.clone()
-            else:
-                out.append(img)
-        return torch.stack(out)
-
-    def state_dict(self) -> dict:
-        return {"images": torch.stack(self.images).cpu() if self.images else torch.empty(0),
-                "gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
-        self.images = [im.to(device) for im in state["images"]] if len(state["images"]) else []
-        self.gen.set_state(state["gen"])
 
 
 class CycleGAN:

@@ -103,7 +103,9 @@ class ImagePool:
     def state_dict(self) -> dict:
         return {"images": [x.cpu() for x in self.images], "rng": self.gen.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        device = self.images[0].device if self.images else "cpu"
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore images (onto ``device``: the model's, so that stored and new fakes can be
+        stacked; default the pool's current images' device, else the CPU) and the random stream."""
+        device = device or (self.images[0].device if self.images else "cpu")
         self.images = [x.to(device) for x in state["images"]]
         self.gen.set_state(state["rng"])
