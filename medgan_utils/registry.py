@@ -372,7 +372,7 @@ def _domain_names(data: Arrays, conditional: bool) -> dict[str, Any]:
         raise ValueError(f"a CycleGAN translates between two domains, labels 0 and 1; {data.name} has "
                          f"{len(names)} classes")
     fields: dict[str, Any] = {"channels": data.n_channels}
-    if data.name != "ctmri":
+    if not data.name.startswith("ctmri"):
         short = [str(names[k]).split()[0].split(",")[0].lower().replace("2", "two")[:12] for k in (0, 1)]
         if short[0] != short[1]:
             fields.update(a_name=short[0], b_name=short[1])

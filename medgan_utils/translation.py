@@ -19,12 +19,14 @@ measured, each beside a classical baseline and a yardstick:
   says the information survived the round trip, *not* that the translation is faithful: a
   CycleGAN can hide what it needs in faint patterns (Chu et al. 2017).
 
-The baseline (:func:`classical_translation`): invert the intensities inside the head (bone bright
+The head is found relative to each image's own background (:func:`outline_mask`), so a grey
+background is not mistaken for anatomy. The baseline (:func:`classical_translation`): invert the
+intensities inside the head (bone bright
 in CT is dark in MRI; CSF dark in CT is bright on T2), then match the histogram of head pixels to
 the target modality's training histogram.
 
 Held-out images: the test split of each modality is translated; the reference of the target
-modality is its validation and test images (31 + 68 MRI, 75 + 150 CT), which no model saw.
+modality is its validation and test images (34 + 74 MRI, 75 + 150 CT), which no model saw.
 Scoring is at 64 px (:data:`FEATURE_SIZE`): images are shrunk by area averaging
 (:func:`~medgan_utils.data.ctmri.shrink`) exactly as the feature space's training images were.
 
@@ -44,16 +46,13 @@ import torch
 import torch.nn.functional as F
 
 from .data import gaussian_noise, to_float, to_uint8
-from .data.ct import head_mask
-from .data.ctmri import CTMRI_SIZE, DOMAINS, load_ctmri, shrink
+from .data.ctmri import CTMRI_SIZE, DOMAINS, head_region, load_ctmri, shrink
 from .metrics import frechet_distance, prdc
 from .utils import CHECKPOINT_DIR
 
 DATASET = "ctmri"
 FEATURE_SIZE = 64
 DOMAIN_CLASSIFIER = CHECKPOINT_DIR / "domain_ctmri_64.safetensors"
-# Head mask threshold (8-bit 19): JPEG noise in the MRI background stays below it.
-MASK_THRESHOLD = -0.85
 PRDC_K = 5
 
 
@@ -97,7 +96,7 @@ def to_feature_size(x: torch.Tensor) -> torch.Tensor:
 
 
 def _head_pixels(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    m = head_mask(x, MASK_THRESHOLD).numpy()
+    m = outline_mask(x).numpy()
     return x.cpu().numpy(), m
 
 
@@ -183,9 +182,18 @@ def verdict(net, x: torch.Tensor) -> np.ndarray:
 # -- structure ----------------------------------------------------------------------------------
 
 
+def outline_mask(x: torch.Tensor) -> torch.Tensor:
+    """The head of each image (N, 1, H, W) in [-1, 1] as :func:`~medgan_utils.data.ctmri.head_region`
+    finds it (relative to the image's own background): bool (N, 1, H, W)."""
+    return torch.from_numpy(np.stack([head_region((img + 1) / 2) for img in x.detach().cpu().numpy()[:, 0]])[:, None])
+
+
 def mask_dice(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Per image, the Dice overlap of the head masks of ``x`` and ``y`` (N, 1, H, W)."""
-    mx, my = head_mask(x, MASK_THRESHOLD), head_mask(y, MASK_THRESHOLD)
+    """Per image, the Dice overlap of the head outlines (:func:`outline_mask`) of ``x`` and ``y``
+    (N, 1, H, W). A fixed threshold would not do: a translation with a faintly grey background
+    (as many MRI files have) would score like one that moved the head (see the calibration in
+    :func:`evaluate_model`)."""
+    mx, my = outline_mask(x), outline_mask(y)
     inter = (mx & my).flatten(1).sum(1).float()
     total = (mx.flatten(1).sum(1) + my.flatten(1).sum(1)).float()
     return (2 * inter / total.clamp_min(1)).numpy()
@@ -198,7 +206,7 @@ def edge_f1(x: torch.Tensor, y: torch.Tensor, sigma: float = 2.0, tolerance: int
     from scipy import ndimage
     from skimage.feature import canny
 
-    mask = head_mask(x, MASK_THRESHOLD).numpy()[:, 0]
+    mask = outline_mask(x).numpy()[:, 0]
     grow = ndimage.generate_binary_structure(2, 1)
     out = []
     for a, b, m in zip(x.cpu().numpy()[:, 0], y.cpu().numpy()[:, 0], mask):
@@ -219,7 +227,7 @@ def cycle_scores(x: torch.Tensor, back: torch.Tensor) -> dict[str, np.ndarray]:
     """Per-image PSNR and SSIM of the round trip ``back`` against the input ``x``, inside ``x``'s head."""
     from .superres import masked_psnr, masked_ssim
 
-    m = head_mask(x, MASK_THRESHOLD)
+    m = outline_mask(x)
     return {"psnr": masked_psnr(back, x, m).numpy(), "ssim": masked_ssim(back, x, m).numpy()}
 
 
@@ -255,7 +263,7 @@ def texture_features(x: torch.Tensor, path: str | os.PathLike = TEXTURE_ENCODER)
     out = []
     for i in range(0, len(x), 64):
         xb = x[i:i + 64].float()
-        mask = head_mask(xb, MASK_THRESHOLD).float()
+        mask = outline_mask(xb).float()
         feats = []
         for fmap in net.feature_maps(xb)[:2]:
             m = F.adaptive_max_pool2d(mask, fmap.shape[-2:])
@@ -354,6 +362,12 @@ def evaluate_model(model: Any, dataset: str = DATASET, n: int | None = None,
         floor = train_tgt[torch.randperm(len(train_tgt), generator=gen)[:len(x)]]
         res.update({f"floor_{k}": v for k, v in judge.fd(floor).items()})
         if with_calibration:
+            # Dice must ignore what is not anatomy (a grey background) and see what is (a shift).
+            bg = x < -0.9
+            haze = torch.where(bg, gaussian_noise(x + 0.12, 0.04, seed=3), x)
+            res["calib_dice_haze"] = float(mask_dice(x, haze).mean())
+            for px in (2, 4, 8):
+                res[f"calib_dice_shift{px}"] = float(mask_dice(x, torch.roll(x, px, -1)).mean())
             for name, bad in (("noise0.1", gaussian_noise(floor, 0.1, seed=1)),
                               ("noise0.2", gaussian_noise(floor, 0.2, seed=2)),
                               ("blur1", _blur(floor, 1.0)), ("blur2", _blur(floor, 2.0))):

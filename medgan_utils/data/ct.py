@@ -120,13 +120,14 @@ def nearest_training_distance(split: str = "test", size: int = 64,
 def load_split(name: str, split: str = "train", size: int = 28,
                root: str | os.PathLike | None = None) -> Arrays:
     """A split of any data set a model kind trains on: MedMNIST by name, ``"ct"`` (chapter 05's
-    head CT) or ``"ctmri"`` (chapter 07's unpaired CT and MRI, labelled by modality)."""
+    head CT) or ``"ctmri"`` (chapter 07's unpaired CT and MRI, labelled by modality, cropped to
+    the head; ``"ctmri_uncropped"``: whole frames)."""
     if name == CT_NAME:
         return load_ct(split, size, root)
-    if name == "ctmri":
+    if name in ("ctmri", "ctmri_uncropped"):
         from .ctmri import load_ctmri
 
-        return load_ctmri(split, size, root)
+        return load_ctmri(split, size, root, crop=name == "ctmri")
     from .medmnist import load_arrays
 
     return load_arrays(name, split, size, root)

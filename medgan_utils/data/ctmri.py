@@ -9,21 +9,25 @@ feature space of both modalities, and the CycleGAN loader splits the two domains
 
 Preparation, fixed and tested:
 
-* **CT**: chapter 05's slices (:func:`~.ct.load_ct`), already 8-bit grayscale, 512 px, shrunk by
-  area averaging.
+* **Framing**: every slice, CT and MRI, is cropped to a square around the head (its bounding box
+  plus 5 % on each side; :func:`head_box`), then its longest side is resized to ``size`` with
+  antialiasing and the rest padded with black. In the files, heads fill a median 37 % of a CT
+  frame and 51 % of an MRI frame (the CT show the scanner table and more air); a CycleGAN
+  trained on whole frames learns to *resize heads* to match (chapter 07 measures it), which no
+  translation should do. ``crop=False`` (data set ``ctmri_uncropped``) keeps the whole frames.
+* **CT**: chapter 05's slices (:func:`~.ct.load_ct`), already 8-bit grayscale, 512 px.
 * **MRI**: the files are mostly RGB JPEGs (a few grayscale, one RGBA, one palette) of 150 to
   1024 px, of mixed sequences (T1, T2, FLAIR, post-contrast), some with tumours. Each is made
-  grayscale (PIL's ``convert("L")``), its longest side resized to ``size`` with antialiasing and
-  the rest padded with black, and its intensities stretched so that the 99.5th percentile of the
-  pixels brighter than 5 % of its maximum becomes 255. MRI intensities have no units, and the
-  files' contrast differs from scanner to web page; without the stretch the domain classifier
-  and the GAN would learn file brightness as "MRI".
+  grayscale (PIL's ``convert("L")``), framed as above, and its intensities stretched so that the
+  99.5th percentile of the pixels brighter than 5 % of its maximum becomes 255. MRI intensities
+  have no units, and the files' contrast differs from scanner to web page; without the stretch
+  the domain classifier and the GAN would learn file brightness as "MRI".
 * **Duplicates**: 17 groups of byte-identical MRI files (md5); only the lowest file number of
   each is kept. Beyond those, the same MRI slice often appears several times, resized, cropped
   or re-encoded (the images were collected from the web): a validation or test MRI that is a
   near-copy of a training MRI (at 32 px, correlation above 0.97 or a mean absolute difference
-  under 4 grey levels) is dropped too (:func:`held_out_mri`), 120 files, so no held-out MRI is a
-  copy or a close neighbour of a training slice. CT needs no such step (its blocks are
+  under 4 grey levels) is dropped too (:func:`held_out_mri`), about 100 files, so no held-out
+  MRI is a copy or a close neighbour of a training slice. CT needs no such step (its blocks are
   contiguous scans, and no held-out slice is a copy: chapter 05's tests check).
 * **Split**: by contiguous blocks of file numbers, the chapter-05 blocks for both modalities
   (train < 1758 <= val < 2008 <= test). The two folders number their files the same way.
@@ -32,8 +36,8 @@ Preparation, fixed and tested:
 split      CT      MRI (after dropping copies)
 =========  ======  =========================
 train      519     513
-val        75      31
-test       150     68
+val        75      34
+test       150     74
 =========  ======  =========================
 
 Introduced in ``notebooks/07_cyclegan.ipynb``.
@@ -54,6 +58,8 @@ from .ct import CT_SIZE, ct_split_of, load_ct
 from .medmnist import SPLITS, Arrays
 
 CTMRI_NAME = "ctmri"
+# The same slices, whole frames (crop=False): chapter 07's demonstration of what framing does.
+UNCROPPED_NAME = "ctmri_uncropped"
 CTMRI_SIZE = 128
 DOMAINS = {0: "CT", 1: "MRI"}
 # The stretch: the 99.5th percentile of pixels brighter than 5 % of the image's maximum -> 255.
@@ -61,6 +67,8 @@ MRI_PERCENTILE = 99.5
 MRI_FLOOR = 0.05
 # A held-out MRI this close to a training MRI (at COPY_SIDE px) is dropped: see held_out_mri.
 COPY_SIDE = 32
+# Margin around the head's bounding box when a slice is cropped to it (a fraction of its side).
+HEAD_MARGIN = 0.05
 COPY_CORRELATION = 0.97
 COPY_MAD = 4.0
 
@@ -100,24 +108,74 @@ def unique_mri_numbers(folder: str | os.PathLike) -> tuple[list[int], dict[int, 
     return sorted(first.values()), dropped
 
 
-def prepare_mri(image, size: int = CTMRI_SIZE) -> np.ndarray:
-    """One MRI file (a PIL image of any mode and size) -> uint8 (size, size), as described above."""
+def head_region(image: np.ndarray) -> np.ndarray:
+    """Where the head is in one grayscale image in [0, 1], whatever the modality: the largest
+    region brighter than the background (the median of a 4 px frame around the smoothed image,
+    plus 0.05), holes filled. Relative to the image's own background, so a grey or noisy
+    background (many MRI JPEGs) does not grow the region, and a monotone change of contrast
+    inside the head does not move it. bool (H, W); all False when nothing is brighter."""
+    from scipy import ndimage
+
+    sm = ndimage.gaussian_filter(image.astype(np.float32), max(1.0, image.shape[0] / 256))
+    frame = np.concatenate([sm[:4].ravel(), sm[-4:].ravel(), sm[:, :4].ravel(), sm[:, -4:].ravel()])
+    labels, n = ndimage.label(sm > np.median(frame) + 0.05)
+    if not n:
+        return np.zeros(image.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == sizes.argmax())
+
+
+def head_box(image: np.ndarray, margin: float = HEAD_MARGIN) -> tuple[int, int, int]:
+    """``(top, left, side)`` of a square around the head (:func:`head_region`) of one grayscale
+    image in [0, 1]: its bounding box's longer side plus ``margin`` on each side, centred on the
+    box. May reach past the image (the crop pads with black)."""
+    region = head_region(image)
+    if not region.any():
+        h, w = image.shape
+        return 0, 0, max(h, w)
+    rows, cols = np.nonzero(region)
+    cy, cx = (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2
+    side = int(round(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) * (1 + 2 * margin)))
+    return int(round(cy - side / 2)), int(round(cx - side / 2)), side
+
+
+def crop_square(image: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
+    """``image[top:top+side, left:left+side]``, padded with 0 where the box leaves the image."""
+    top, left, side = box
+    out = np.zeros((side, side), image.dtype)
+    h, w = image.shape
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + side, h), min(left + side, w)
+    out[t0 - top:t1 - top, l0 - left:l1 - left] = image[t0:t1, l0:l1]
+    return out
+
+
+def _framed(gray: np.ndarray, size: int, crop: bool) -> np.ndarray:
+    """float (H, W) in [0, 1] -> (size, size): cropped to the head (``crop``), then the longest
+    side resized to ``size`` and the rest padded with black."""
     from .folder import _fit_square
 
-    gray = np.asarray(image.convert("L"), np.float32) / 255.0
-    x = _fit_square(torch.from_numpy(gray), size, 0.0, 1.0).numpy()
+    if crop:
+        gray = crop_square(gray, head_box(gray))
+    return _fit_square(torch.from_numpy(np.ascontiguousarray(gray)), size, 0.0, 1.0)[0].numpy()
+
+
+def prepare_mri(image, size: int = CTMRI_SIZE, crop: bool = True) -> np.ndarray:
+    """One MRI file (a PIL image of any mode and size) -> uint8 (size, size), as described above."""
+    x = _framed(np.asarray(image.convert("L"), np.float32) / 255.0, size, crop)
     bright = x[x > MRI_FLOOR * max(float(x.max()), 1e-6)]
     top = float(np.percentile(bright, MRI_PERCENTILE)) if bright.size else 1.0
     return np.round(np.clip(x / max(top, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def _read_mri(folder: Path, nums: list[int], size: int) -> np.ndarray:
+def _read_mri(folder: Path, nums: list[int], size: int, crop: bool = True) -> np.ndarray:
     from PIL import Image
 
     out = np.empty((len(nums), size, size), np.uint8)
     for i, n in enumerate(nums):
         with Image.open(folder / f"mri{n}.jpg") as im:
-            out[i] = prepare_mri(im, size)
+            out[i] = prepare_mri(im, size, crop)
     return out
 
 
@@ -159,22 +217,17 @@ def held_out_mri(folder: str) -> dict[str, tuple[list[int], dict[int, int]]]:
     return out
 
 
-def load_mri(split: str = "train", size: int = CTMRI_SIZE, root: str | os.PathLike | None = None
-             ) -> np.ndarray:
+def load_mri(split: str = "train", size: int = CTMRI_SIZE, root: str | os.PathLike | None = None,
+             crop: bool = True) -> np.ndarray:
     """One split of the MRI slices (copies dropped: :func:`held_out_mri`) as uint8
     (N, size, size), in file-number order."""
     folder = mri_folder(root)
-    return _read_mri(folder, held_out_mri(str(folder))[split][0], size)
+    return _read_mri(folder, held_out_mri(str(folder))[split][0], size, crop)
 
 
-def _ct_at(split: str, size: int, root: str | os.PathLike | None) -> np.ndarray:
-    if CT_SIZE % size == 0:
-        return load_ct(split, size, root and Path(root) / "ct").images
-    from .folder import _fit_square
-
-    full = torch.from_numpy(load_ct(split, CT_SIZE, root and Path(root) / "ct").images).float() / 255
-    return np.stack([np.round(_fit_square(im, size, 0.0, 1.0).numpy() * 255).astype(np.uint8)
-                     for im in full])
+def _ct_at(split: str, size: int, root: str | os.PathLike | None, crop: bool = True) -> np.ndarray:
+    full = load_ct(split, CT_SIZE, root and Path(root) / "ct").images
+    return np.stack([np.round(_framed(im / 255.0, size, crop) * 255).astype(np.uint8) for im in full])
 
 
 def shrink(images_u8: np.ndarray, factor: int) -> np.ndarray:
@@ -188,20 +241,20 @@ def shrink(images_u8: np.ndarray, factor: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=6)
-def _load(split: str, size: int, root: str | None) -> Arrays:
+def _load(split: str, size: int, root: str | None, crop: bool = True) -> Arrays:
     if size < CTMRI_SIZE and CTMRI_SIZE % size == 0:  # 64, 32...: area averages of the 128 px set
-        big = _load(split, CTMRI_SIZE, root)
+        big = _load(split, CTMRI_SIZE, root, crop)
         images = shrink(big.images, CTMRI_SIZE // size)
-        return Arrays(CTMRI_NAME, split, size, images, big.labels, classes=dict(DOMAINS))
-    ct = _ct_at(split, size, root)
-    mri = load_mri(split, size, root)
+        return Arrays(big.name, split, size, images, big.labels, classes=dict(DOMAINS))
+    ct = _ct_at(split, size, root, crop)
+    mri = load_mri(split, size, root, crop)
     images = np.concatenate([ct, mri])
     labels = np.concatenate([np.zeros(len(ct), np.int64), np.ones(len(mri), np.int64)])
-    return Arrays(CTMRI_NAME, split, size, images, labels, classes=dict(DOMAINS))
+    return Arrays(CTMRI_NAME if crop else UNCROPPED_NAME, split, size, images, labels, classes=dict(DOMAINS))
 
 
 def load_ctmri(split: str = "train", size: int = CTMRI_SIZE,
-               root: str | os.PathLike | None = None) -> Arrays:
+               root: str | os.PathLike | None = None, crop: bool = True) -> Arrays:
     """One split of CT (label 0) and MRI (label 1) slices, CT first, each in file-number order.
 
     Args:
@@ -210,6 +263,9 @@ def load_ctmri(split: str = "train", size: int = CTMRI_SIZE,
             128 (64, 32) are area averages of the 128 px images (:func:`shrink`); other sizes are
             prepared from the files.
         root: the ``ct_mri`` folder (default: ``../shared/data/ct_mri``, then ``data/ct_mri``).
+        crop: crop each slice to a square around the head first (:func:`head_box`). False
+            keeps the whole frame (chapter 07 shows what that does to a CycleGAN); the set is
+            then named ``"ctmri_uncropped"`` (``load_split("ctmri_uncropped", ...)``).
 
     Returns:
         :class:`~.medmnist.Arrays` named ``"ctmri"`` with ``class_names`` {0: "CT", 1: "MRI"}.
@@ -219,7 +275,7 @@ def load_ctmri(split: str = "train", size: int = CTMRI_SIZE,
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if size < 8:
         raise ValueError(f"size must be at least 8 px, got {size}")
-    return _load(split, int(size), str(root) if root else None)
+    return _load(split, int(size), str(root) if root else None, bool(crop))
 
 
 def domain(data: Arrays, label: int) -> np.ndarray:
