@@ -243,6 +243,9 @@ def features(x: torch.Tensor) -> torch.Tensor:
 
 
 TEXTURE_ENCODER = CHECKPOINT_DIR / "encoder_ctmri_texture.safetensors"
+# The first stage only (32 channels at half resolution): fewer features than held-out MRI
+# (FD needs more images than features), and the stage that sees noise and blur most directly.
+TEXTURE_STAGES = 1
 
 
 @functools.lru_cache(maxsize=2)
@@ -255,8 +258,8 @@ def _texture_net(path: str):
 @torch.no_grad()
 def texture_features(x: torch.Tensor, path: str | os.PathLike = TEXTURE_ENCODER) -> torch.Tensor:
     """A second label-free space, for fine texture: the log standard deviation, over the head,
-    of each channel of the first two stages of a fully convolutional autoencoder trained on
-    64 px crops of CT and MRI training slices at 128 px (96 numbers per image). The whole-image
+    of each channel of the first stage of a fully convolutional autoencoder trained on 64 px
+    crops of CT and MRI training slices at 128 px (32 numbers per image). The whole-image
     autoencoder at 64 px sees layout and contrast but barely sees noise; this one does (the
     calibration in :func:`evaluate_model` checks both)."""
     net = _texture_net(str(path))
@@ -265,7 +268,7 @@ def texture_features(x: torch.Tensor, path: str | os.PathLike = TEXTURE_ENCODER)
         xb = x[i:i + 64].float()
         mask = outline_mask(xb).float()
         feats = []
-        for fmap in net.feature_maps(xb)[:2]:
+        for fmap in net.feature_maps(xb)[:TEXTURE_STAGES]:
             m = F.adaptive_max_pool2d(mask, fmap.shape[-2:])
             n = m.flatten(1).sum(1).clamp_min(1)[:, None]
             mean = (fmap * m).flatten(2).sum(2) / n
