@@ -334,7 +334,7 @@ def test_evaluate_model_reports_both_directions_with_baseline_floor_and_calibrat
             assert np.isfinite(res[f"{d}/{k}"]), (d, k)
         # The yardsticks themselves: the classifier knows real slices, the baseline keeps the head.
         assert res[f"{d}/source_domain_acc"] < 0.2 and res[f"{d}/real_domain_acc"] > 0.9
-        assert res[f"{d}/baseline_mask_dice"] > 0.98
+        assert res[f"{d}/baseline_mask_dice"] > 0.95  # a monotone map keeps the head where it was
         # The texture space ranks blur and noise worse than the floor, more of each worse again
         # (the whole-slice autoencoder is checked at full size in notebook 07: 32 slices are too few).
         assert res[f"{d}/calib_blur2_texture_fd"] > res[f"{d}/calib_blur1_texture_fd"] > res[f"{d}/floor_texture_fd"]
