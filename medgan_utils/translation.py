@@ -8,27 +8,29 @@ measured, each beside a classical baseline and a yardstick:
   (a global intensity change may do), so never alone.
 * **Distribution distance**: FD, precision and recall of the translated test images against real
   held-out images of the target modality, in the label-free feature space of the evaluation
-  toolkit (the autoencoder trained on CT and MRI, ``checkpoints/autoencoder_ctmri_64``), next to
-  the source's own distance (what doing nothing scores), the baseline's, and the floor (real
-  training images of the target modality against the same reference).
+  toolkit (the autoencoder trained on CT and MRI, ``checkpoints/autoencoder_ctmri_64``), and FD
+  in a texture space (:func:`texture_features`; the autoencoder does not see noise), next to the
+  source's own distance (what doing nothing scores), the baseline's, and the floor (real training
+  images of the target modality against the same reference).
 * **Structure preservation**: Dice of head masks and F1 of edges between each input and its
   translation. A translation that moves the skull or the ventricles is wrong however real it
-  looks; the baseline (a monotone intensity map) preserves every edge by construction, so it is
-  the ceiling here, not a competitor.
+  looks; the baseline (a monotone intensity map) moves nothing by construction, so it is the
+  ceiling here, not a competitor.
 * **Cycle error**: PSNR/SSIM (inside the head) of input vs translated-and-back. High cycle PSNR
   says the information survived the round trip, *not* that the translation is faithful: a
   CycleGAN can hide what it needs in faint patterns (Chu et al. 2017).
 
 The head is found relative to each image's own background (:func:`outline_mask`), so a grey
 background is not mistaken for anatomy. The baseline (:func:`classical_translation`): invert the
-intensities inside the head (bone bright
-in CT is dark in MRI; CSF dark in CT is bright on T2), then match the histogram of head pixels to
-the target modality's training histogram.
+intensities inside the head (bone bright in CT is dark in MRI; CSF dark in CT is bright on T2),
+then match the histogram of head pixels to the target modality's training histogram.
 
 Held-out images: the test split of each modality is translated; the reference of the target
 modality is its validation and test images (34 + 74 MRI, 75 + 150 CT), which no model saw.
-Scoring is at 64 px (:data:`FEATURE_SIZE`): images are shrunk by area averaging
-(:func:`~medgan_utils.data.ctmri.shrink`) exactly as the feature space's training images were.
+The domain classifier and the autoencoder work at 64 px (:data:`FEATURE_SIZE`): images are
+shrunk by area averaging (:func:`~medgan_utils.data.ctmri.shrink`) exactly as their training
+images were; the texture space, Dice, edges and cycle error work at 128 px. Translations are
+rounded to 8 bits first, as ``medgan apply`` writes them.
 
 Introduced in ``notebooks/07_cyclegan.ipynb``.
 """
