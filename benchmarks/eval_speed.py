@@ -53,7 +53,7 @@ def main() -> None:
         warm = min(warm, time.perf_counter() - t0)
         t0 = time.perf_counter()
         for space in ev.SPACES:
-            ev._features(ev.feature_space(space, ns.dataset, ns.size)[0], fakes)
+            ev.network_features(ev.feature_space(space, ns.dataset, ns.size)[0], fakes)
         extract = min(extract, time.perf_counter() - t0)
     load1 = os.getloadavg()[0]
     path = run.finish({"cold_s": cold, "warm_s": warm, "extract_s": extract,

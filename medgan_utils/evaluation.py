@@ -59,6 +59,7 @@ from .data import (
     Arrays,
     TensorLoader,
     downsample,
+    gaussian_blur,
     gaussian_noise,
     stratified_subset,
     upsample,
@@ -200,7 +201,7 @@ def _network(space: str, dataset: str, size: int, key: str) -> nn.Module:
     return net.eval().to(memory_format=torch.channels_last)
 
 
-def _features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def network_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Features (N, F) of images (N, C, H, W) in [-1, 1], fed channels_last like the network."""
     return extract_features(net, images.contiguous(memory_format=torch.channels_last), 500)
 
@@ -349,7 +350,7 @@ def real_features(space: str, dataset: str, split: str, size: int = 28) -> torch
         except Exception:  # noqa: BLE001 - a corrupt cache is recomputed, never trusted
             feats = None
     if feats is None:
-        feats = _features(net, _to_float(_arrays(dataset, split, size).images))
+        feats = network_features(net, _to_float(_arrays(dataset, split, size).images))
         _save_features(path, {"features": feats.contiguous()})
     _MEMORY[mem_key] = feats
     return feats
@@ -445,7 +446,7 @@ def fd_to_reference(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
     enough to log every few dozen training steps without touching the test split."""
     net, _ = feature_space(space, dataset, size)
     s = _sets(space, dataset, size)
-    feats = _features(net, fake_images.detach().float().cpu())
+    feats = network_features(net, fake_images.detach().float().cpu())
     n = min(feats.shape[0], s["train_part"].shape[0])
     fd = frechet_distance(_subset_rows(feats, n, seed), s["ref"])
     floor = _floor(space, dataset, size, n, seed, 0, 5)["fd"]
@@ -504,7 +505,7 @@ def score_generator(
                            else p.code, "n_fakes": int(fake_images.shape[0])}
     for space in spaces:
         net, _ = feature_space(space, dataset, size)
-        feats = _features(net, fake_images)
+        feats = network_features(net, fake_images)
         for key, v in _score_features(space, dataset, size, feats, seed, kid_subsets, k, n).items():
             out[f"{space}_{key}"] = v
     return out
@@ -526,19 +527,12 @@ BATTERY_ORDER = tuple((f"{fam}_{a:g}", f"{fam}_{b:g}") for fam, (a, b) in
                        ("shift", SHIFTS)))
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    from torchvision.transforms.functional import gaussian_blur
-
-    k = 2 * int(np.ceil(3 * sigma)) + 1
-    return gaussian_blur(x, [k, k], [sigma, sigma])
-
-
 def _degradations(seed: int) -> list[tuple[str, str, Any]]:
     out: list[tuple[str, str, Any]] = []
     for s in NOISE_SIGMAS:
         out.append((f"noise_{s:g}", "noise", lambda x, s=s: gaussian_noise(x, s, seed=seed)))
     for s in BLUR_SIGMAS:
-        out.append((f"blur_{s:g}", "blur", lambda x, s=s: _blur(x, s)))
+        out.append((f"blur_{s:g}", "blur", lambda x, s=s: gaussian_blur(x, s)))
     for f in DOWNUP_FACTORS:
         out.append((f"downup_{f}", "downup", lambda x, f=f: upsample(downsample(x, f), f)))
     for s in SHIFTS:
@@ -609,7 +603,7 @@ def calibration_battery(
     train_feats = _subset_rows(_sets(space, dataset, size)["train_part"], m, seed)
     out["floor"] = _score_features(space, dataset, size, train_feats, seed, kid_subsets, k)
     for name, x in sets.items():
-        feats = _features(net, x)
+        feats = network_features(net, x)
         out[name] = _score_features(space, dataset, size, feats, seed, kid_subsets, k, len(x))
     return out
 
@@ -656,7 +650,7 @@ def reference_table(
     for space in spaces:
         net, _ = feature_space(space, dataset, size)
         train = real_features(space, dataset, "train", size)
-        fake_f = {g: _features(net, x) for g, x in fakes.items()}
+        fake_f = {g: network_features(net, x) for g, x in fakes.items()}
         refs = {
             f"test split (n={len(_arrays(dataset, 'test', size))})":
                 (real_features(space, dataset, "test", size), _subset_rows(train, n, seed)),
@@ -780,7 +774,7 @@ def score_per_class(
             net, key = feature_space(space, dataset, size)
             s = _sets(space, dataset, size)
             ref = s["ref"][torch.from_numpy(ref_y == c)]
-            fake = _subset_rows(_features(net, fake_images[torch.from_numpy(labels == c)]), n_c, seed)
+            fake = _subset_rows(network_features(net, fake_images[torch.from_numpy(labels == c)]), n_c, seed)
             # No FD per class: 42-400 images of 64-128 features give a rank-deficient covariance.
             got = _distribution(ref, fake, seed, kid_subsets, k, fd=False)
             mem_key = ("class_floor", space, key, dataset, size, c, n_c, seed, kid_subsets, k)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import gaussian_noise, to_float, to_uint8
+from .data import gaussian_blur, gaussian_noise, to_float, to_uint8
 from .data.ctmri import CTMRI_SIZE, DOMAINS, head_region, load_ctmri, shrink
 from .metrics import frechet_distance, prdc
 from .utils import CHECKPOINT_DIR
@@ -238,10 +238,10 @@ def cycle_scores(x: torch.Tensor, back: torch.Tensor) -> dict[str, np.ndarray]:
 
 def features(x: torch.Tensor) -> torch.Tensor:
     """Label-free features (the ctmri autoencoder at 64 px) of images at 128 px."""
-    from .evaluation import _features, feature_space
+    from .evaluation import feature_space, network_features
 
     net, _ = feature_space("autoencoder", DATASET, FEATURE_SIZE)
-    return _features(net, to_feature_size(x))
+    return network_features(net, to_feature_size(x))
 
 
 TEXTURE_ENCODER = CHECKPOINT_DIR / "encoder_ctmri_texture.safetensors"
@@ -335,8 +335,6 @@ def evaluate_model(model: Any, dataset: str = DATASET, n: int | None = None,
     """
     if dataset != DATASET:
         raise ValueError(f"chapter 07's evaluation is for {DATASET} (CT and MRI); got {dataset}")
-    from .evaluation import _blur
-
     net = classifier or load_domain_classifier()
     size = CTMRI_SIZE
     out: dict[str, Any] = {"feature_space": f"autoencoder_{DATASET}_{FEATURE_SIZE}", "size": size}
@@ -375,7 +373,7 @@ def evaluate_model(model: Any, dataset: str = DATASET, n: int | None = None,
                 res[f"calib_dice_shift{px}"] = float(mask_dice(x, torch.roll(x, px, -1)).mean())
             for name, bad in (("noise0.1", gaussian_noise(floor, 0.1, seed=1)),
                               ("noise0.2", gaussian_noise(floor, 0.2, seed=2)),
-                              ("blur1", _blur(floor, 1.0)), ("blur2", _blur(floor, 2.0))):
+                              ("blur1", gaussian_blur(floor, 1.0)), ("blur2", gaussian_blur(floor, 2.0))):
                 res.update({f"calib_{name}_{k}": v for k, v in judge.fd(bad.clamp(-1, 1)).items()})
         out.update({f"{direction}/{k}": v for k, v in res.items()})
     return out

@@ -5,6 +5,7 @@ from .degrade import (
     apply_mask,
     box_mask,
     downsample,
+    gaussian_blur,
     gaussian_noise,
     poisson_noise,
     rician_noise,
@@ -40,7 +41,7 @@ __all__ = [
     # splits.py
     "label_histogram", "partition_clients", "stratified_subset",
     # degrade.py
-    "apply_mask", "box_mask", "downsample", "gaussian_noise", "poisson_noise", "rician_noise",
+    "apply_mask", "box_mask", "downsample", "gaussian_blur", "gaussian_noise", "poisson_noise", "rician_noise",
     "stroke_mask", "upsample",
     # fetch.py
     "FetchError", "fetch_datasets", "fetch_medmnist_file", "find_dataset",

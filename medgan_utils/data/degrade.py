@@ -264,6 +264,16 @@ def inpaint_biharmonic(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- noise
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (B, C, H, W) images with standard deviation ``sigma`` px (torchvision's
+    ``gaussian_blur``, kernel side 2 * ceil(3 sigma) + 1): the evaluation batteries' known-worse
+    images."""
+    from torchvision.transforms.functional import gaussian_blur as _tv_blur
+
+    k = 2 * int(np.ceil(3 * sigma)) + 1
+    return _tv_blur(x, [k, k], [sigma, sigma])
+
+
 def gaussian_noise(x: torch.Tensor, sigma: float, seed: int | None = None) -> torch.Tensor:
     """Additive white Gaussian noise, clamped to [-1, 1].
 
