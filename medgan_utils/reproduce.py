@@ -103,6 +103,9 @@ TOLERANCES: tuple[tuple[str, Tolerance], ...] = (
     ("*ms_per_*", TIMING),
     ("*speedup*", TIMING),
     ("*peak_memory*", TIMING),
+    ("*rss_mb*", TIMING),  # resident memory of a federation's processes (chapter 08)
+    # SecAgg+ quantises with unseeded stochastic rounding: any difference within its bound is a pass.
+    ("secagg/max_abs_diff", Tolerance("secagg rounding", abs=1e-5)),
     ("n_*", DATA),
     ("*/n_*", DATA),
     ("frac_class*", DATA),
