@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "number of images seen (rounds x local-steps x n-clients steps) on the pooled "
                                     "images or on one hospital's. Re-running a command resumes it from OUT.")
     fd.add_argument("arm", choices=["fedavg", "centralised", "local"])
-    fd.add_argument("--hospital", type=int, nargs="*", default=None,
+    fd.add_argument("--hospital", type=int, nargs="+", default=None,
                     help="local: the hospitals (partition ids) to train alone (default: all)")
     fd.add_argument("--export", type=Path, default=None,
                     help="write the shippable generator here (default: OUT/<name>.safetensors)")
@@ -592,10 +592,15 @@ def _augmentation(ns, device) -> int:
 def cmd_federated(ns) -> int:
     from .federated import FederatedConfig, export_federated, run_federated, train_baseline
     from .pretrained import export
+    from .utils import RUNS_DIR
 
     cfg = FederatedConfig(**_pick(ns, FederatedConfig))
-    arm_name = {"fedavg": cfg.name, "centralised": "centralised"}.get(ns.arm, "local")
-    base = Path(cfg.out) if cfg.out else Path("runs") / "federated" / f"{cfg.dataset}_{arm_name}"
+    mix = "iid" if cfg.scheme == "iid" else f"alpha{cfg.alpha:g}_seed{cfg.partition_seed}"
+    arm_name = {"fedavg": f"{cfg.name}_seed{cfg.partition_seed}", "centralised": "centralised"}.get(
+        ns.arm, f"local_{mix}")
+    # The folder names the partition: a run with another alpha never resumes this one's hospitals.
+    base = Path(cfg.out) if cfg.out else RUNS_DIR / "federated" / (
+        f"{cfg.dataset}_{cfg.size}_{cfg.n_clients}h_{arm_name}_{cfg.rounds}x{cfg.local_steps}")
     print(json.dumps({"arm": ns.arm, **cfg.to_dict(), "out": str(base)}, indent=1))
     if ns.arm == "fedavg":
         cfg = dataclasses.replace(cfg, out=str(base))
@@ -605,12 +610,18 @@ def cmd_federated(ns) -> int:
         print(f"{cfg.name}: {cfg.rounds} rounds in {res.wall_s:.0f} s; final FD {last.get('fd', float('nan')):.2f} "
               f"(x{last.get('fd_ratio', float('nan')):.2f} the floor); model: {path}")
         return 0
-    hospitals = [-1] if ns.arm == "centralised" else (ns.hospital if ns.hospital else range(cfg.n_clients))
+    hospitals = [-1] if ns.arm == "centralised" else (ns.hospital if ns.hospital else list(range(cfg.n_clients)))
+    bad = [h for h in hospitals if ns.arm == "local" and not 0 <= h < cfg.n_clients]
+    if bad:
+        raise SystemExit(f"--hospital {bad}: hospitals are numbered 0 to {cfg.n_clients - 1}")
+    if ns.export and len(hospitals) > 1:
+        raise SystemExit("--export names one file: give one --hospital, or leave --export out "
+                         "(each hospital's model goes to OUT/hospital<h>/)")
     for h in hospitals:
         out = base if h < 0 else base / f"hospital{h}"
         model, hist = train_baseline(cfg, ns.arm, max(h, 0), out=out)
         name = "centralised" if h < 0 else f"local_hospital{h}"
-        path = ns.export if (ns.export and len(hospitals) == 1) else out / f"{name}.safetensors"
+        path = ns.export or out / f"{name}.safetensors"
         export(model, path, hist, steps=hist.step, wall_s=round(hist.wall_s, 1), stopped=hist.stopped,
                federated=cfg.to_dict(), arm=ns.arm, hospital=h, dataset=cfg.dataset, size=cfg.size,
                command="medgan " + " ".join(sys.argv[1:]))

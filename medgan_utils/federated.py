@@ -26,7 +26,12 @@ Built on Flower's Message API (1.42: ``flwr.clientapp.ClientApp``, ``flwr.server
 
 Run it in a notebook or script with :func:`run_federated` (Flower's simulation engine, Ray
 backend), from a shell with ``medgan federated fedavg ...``, or across processes and machines on
-Flower's deployment engine with the app in ``medgan_utils/flower_app/`` (README, chapter 08).
+Flower's deployment engine with the app in ``medgan_utils/flowerapp/`` (README, chapter 08).
+
+What the server reads: the GAN's shape from MedMNIST's metadata (no image), and, to score the
+global generator each round (``n_eval > 0``), the evaluation toolkit's validation split and its
+training-split floor. In a real federation the coordinator scores on images it may hold (a
+public or consented set), or sets ``n-eval=0``; no training image is needed to aggregate.
 
 Introduced in ``notebooks/08_federated.ipynb``.
 """
@@ -54,9 +59,9 @@ from .data.ct import load_split
 from .train import FitConfig, fit
 
 __all__ = [
-    "FederatedConfig", "FederatedResult", "client_app", "curve", "export_federated", "gan_config",
+    "FederatedConfig", "FederatedResult", "curve", "export_federated", "gan_config",
     "hospital_arrays", "label_mix", "load_or_run", "make_apps", "pack", "reply_content_keys",
-    "run_federated", "secagg_error_bound", "server_app", "server_step", "shared_modules",
+    "run_federated", "secagg_error_bound", "server_step", "shared_modules",
     "shipped_name", "train_baseline", "unpack",
 ]
 
@@ -69,8 +74,9 @@ class FederatedConfig:
         dataset, size: the MedMNIST data set (its training split is partitioned) and image side.
         preset: the GAN preset every hospital trains (``"dcgan"``: chapter 02's model).
         ema: decay of the generator's weight average (chapter 02 ships its DCGAN with 0.999).
-            Its warm-up counts each hospital's own Adam steps, so in images seen the average spans
-            about as many rounds in the federation as in the centralised run.
+            Its warm-up, ``min(decay, (1 + t) / (10 + t))``, counts each hospital's own Adam steps
+            t; while it lasts (t below ~9,000: all of this chapter's runs) the average spans about
+            as many rounds in the federation as in the centralised run (about round / 9).
         n_clients: simulated hospitals (Flower SuperNodes).
         scheme: ``"iid"`` or ``"dirichlet"`` (label skew, concentration ``alpha``).
         alpha: Dirichlet concentration: 0.1 = each hospital sees mostly one class, 10 = near IID.
@@ -94,7 +100,8 @@ class FederatedConfig:
             ``w + server_lr * m`` with ``m = server_momentum * m + (average - w)``. 1.0 and 0.0 are
             plain FedAvg. Averaging K hospitals' updates moves the model about as far as *one*
             hospital's ``local_steps`` would; momentum 1 - 1/K lets it go about K times as far.
-            Applied to weights only; BatchNorm's running statistics are plain averages.
+            Applied to G's and D's weights only; BatchNorm's running statistics and the EMA
+            generator are plain averages.
         out: the server writes ``last.safetensors`` (global model, each round), ``history.json``
             there; a run restarted with the same ``out`` resumes from its last finished round.
     """
@@ -168,6 +175,10 @@ class FederatedConfig:
             if name not in types:
                 raise ValueError(f"unknown federated setting {key!r}; known: {sorted(types)}")
             default = getattr(cls, name)
+            if isinstance(default, bool) and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"{key} must be true or false, got {value!r}")
+                value = value.lower() in ("true", "1")
             kwargs[name] = type(default)(value)
         return cls(**kwargs)
 
@@ -201,20 +212,30 @@ def label_mix(config: FederatedConfig) -> np.ndarray:
     return label_histogram(np.asarray(train.labels).reshape(-1), list(parts))
 
 
+def _info(dataset: str) -> dict[str, Any]:
+    import medmnist
+
+    if dataset not in medmnist.INFO:
+        raise ValueError(f"federated training partitions a MedMNIST data set; {dataset!r} is not one")
+    return medmnist.INFO[dataset]
+
+
 def gan_config(config: FederatedConfig):
-    """The GAN config every hospital, the server and the centralised baseline build."""
+    """The GAN config every hospital, the server and the centralised baseline build (from the
+    data set's metadata: the server needs no image to build it)."""
     from .registry import get_kind
 
-    train, _ = _partition(config.dataset, config.size, config.n_clients, config.scheme,
-                          config.alpha, config.partition_seed)
-    return get_kind("gan").config(config.preset, train, ema=config.ema)
+    return get_kind("gan").config(config.preset, ema=config.ema, channels=int(_info(config.dataset)["n_channels"]),
+                                  image_size=config.size, num_classes=0)
 
 
 def _build(config: FederatedConfig):
     from .registry import get_kind
 
-    torch.manual_seed(config.seed)  # the same initial weights on the server and every hospital
-    return get_kind("gan").build(gan_config(config), "cpu")
+    # The same initial weights on the server and every hospital, without reseeding the caller.
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        return get_kind("gan").build(gan_config(config), "cpu")
 
 
 def shared_modules(model: Any, share: str) -> dict[str, nn.Module]:
@@ -480,6 +501,8 @@ def _make_strategy(config: FederatedConfig, log: dict[str, Any], weights: set[st
                 {k: tuple(a.shape) for rec in m.content.array_records.values() for k, a in rec.items()}
                 == {k: tuple(a.shape) for k, a in sent["arrays"].items()} for m in ok))
             arrays, metrics = super().aggregate_train(server_round, replies)
+            if metrics is not None:  # the hospitals' losses and Adam step counts, averaged
+                log.update({f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)})
             if arrays is not None and (config.server_lr != 1.0 or config.server_momentum):
                 before = sent["arrays"]
                 stepped = server_step({k: before[k].numpy() for k in weights},
@@ -518,7 +541,8 @@ def _server_main(config: FederatedConfig, grid, context, sink: dict[str, Any] | 
             prev = FederatedResult.from_json(out / "history.json")
             result.rounds = [r for r in prev.rounds if r["round"] <= start]
             t0 -= prev.wall_s
-        print(f"resuming {config.name} from round {start} of {config.rounds} ({last})", flush=True)
+        print(f"resuming {config.name} from round {start} of {config.rounds} ({last}); the hospitals' Adam "
+              "state, EMA warm-up and local discriminators and the server's momentum start afresh", flush=True)
     if sink is not None:
         sink["result"] = result
     round_log: dict[str, Any] = {}
@@ -566,7 +590,8 @@ def _server_main(config: FederatedConfig, grid, context, sink: dict[str, Any] | 
             rec = score(server_round)
             return None if rec is None else MetricRecord(rec)
 
-        weights = {f"{name}.{k}" for name, m in shared.items() for k, _ in m.named_parameters()}
+        # The server step moves trained weights only: not BatchNorm statistics, not the EMA copy.
+        weights = {f"{name}.{k}" for name, m in shared.items() if name != "G_ema" for k, _ in m.named_parameters()}
         strategy = _make_strategy(config, round_log, weights)
         strategy.start(grid=grid, initial_arrays=pack(shared), num_rounds=config.rounds - start,
                        train_config=ConfigRecord({"round-offset": start}), evaluate_fn=evaluate)
@@ -589,24 +614,33 @@ def _run_secagg(config: FederatedConfig, grid, context, shared: Mapping[str, nn.
     weight up to +-8 is clipped and the error of the average is at most
     n_clients * (2 * 8 / 2**22) * max_weight / sum(n) per value and round (:func:`secagg_error_bound`).
     """
-    from flwr.common import ndarrays_to_parameters
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.strategy import FedAvg as LegacyFedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
     class RecordingLegacyFedAvg(LegacyFedAvg):
         def aggregate_fit(self, server_round, results, failures):
-            round_log.update(replies=len(results), failures=len(failures), sampled=len(results) + len(failures),
-                             errors=[str(f) for f in failures])
+            # Flower 1.42's SecAgg+ stage lists an error reply twice in ``failures``: count hospitals.
+            round_log.update(replies=len(results), failures=config.n_clients - len(results),
+                             sampled=config.n_clients, errors=sorted({str(f) for f in failures}))
             if len(results) < config.required_replies:
                 raise RuntimeError(f"round {server_round}: {len(results)} hospitals replied, fewer than "
                                    f"min_clients={config.required_replies}")
             aggregated.add(server_round)
-            return super().aggregate_fit(server_round, results, failures)
+            params, metrics = super().aggregate_fit(server_round, results, failures)
+            if params is not None:  # SecAgg+ dequantises to float64; the model is float32
+                params = ndarrays_to_parameters([np.asarray(a, dtype=np.float32)
+                                                 for a in parameters_to_ndarrays(params)])
+            return params, metrics
 
     aggregated: set[int] = set()
 
     def evaluate_fn(server_round: int, parameters, _config):
+        if server_round > 0 and server_round not in aggregated:
+            # SecAgg+ halted this round and the workflow would carry on with the old weights.
+            raise RuntimeError(f"SecAgg+ did not aggregate round {start + server_round}: see the Flower log "
+                               f"above (errors: {round_log.get('errors')})")
         _from_ndarrays(shared, parameters)
         rec = score(server_round)
         return (0.0, rec) if rec is not None else None
@@ -630,13 +664,16 @@ def _run_secagg(config: FederatedConfig, grid, context, shared: Mapping[str, nn.
 
 
 def _max_weight(config: FederatedConfig) -> int:
-    return max(len(h) for h in hospital_arrays(config))
+    # No hospital holds more than the whole training split (MedMNIST's metadata: the server does
+    # not need the hospitals' sizes, which only their masked replies carry).
+    return int(_info(config.dataset)["n_samples"]["train"])
 
 
 def secagg_error_bound(config: FederatedConfig) -> float:
-    """Largest difference per value between SecAgg+'s average and exact FedAvg in one round."""
+    """Largest difference per value between SecAgg+'s average and exact FedAvg in one round:
+    ``n_clients * (2 * 8 / 2**22) * max_weight / sum(n)``."""
     sizes = [len(h) for h in hospital_arrays(config)]
-    return config.n_clients * (2 * 8.0 / 2**22) * max(sizes) / sum(sizes)
+    return config.n_clients * (2 * 8.0 / 2**22) * _max_weight(config) / sum(sizes)
 
 
 # Settings that may change when a run is resumed: more rounds, other logging or threads.
@@ -678,7 +715,15 @@ def make_apps(config: FederatedConfig | None = None):
     return server, client
 
 
-server_app, client_app = make_apps()
+def __getattr__(name: str):
+    # The deployment engine's entry points (``medgan_utils.federated:server_app`` / ``:client_app``),
+    # built on first use so that importing this module (the CLI does) never needs flwr.
+    if name in ("server_app", "client_app"):
+        server, client = make_apps()
+        globals().update(server_app=server, client_app=client)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _LOCK = threading.Lock()
 
@@ -686,8 +731,11 @@ _LOCK = threading.Lock()
 def run_federated(config: FederatedConfig, *, quiet: bool = True) -> FederatedResult:
     """Run one federation on Flower's simulation engine (Ray backend) and return its result.
 
-    Each hospital is a virtual SuperNode with one CPU (so two train at a time on a 2-core
-    machine). One simulation runs per process at a time: a second call while one runs raises.
+    Each hospital is a virtual SuperNode with one CPU core, so as many hospitals train at once
+    as the machine has cores (two here). One simulation runs per process at a time: a second call
+    while one runs raises (sequential runs are fine; each starts and stops its own Ray cluster).
+    A resumed run (same ``out``) restarts the hospitals' state (Adam moments, the EMA's warm-up,
+    local discriminators) and the server's momentum: only the global weights are checkpointed.
 
     Raises:
         RuntimeError: another simulation is running in this process, or the server stopped
@@ -703,7 +751,7 @@ def run_federated(config: FederatedConfig, *, quiet: bool = True) -> FederatedRe
         _quiet_flower(quiet)
         server, client = make_apps(config)
         backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                   "init_args": {"num_cpus": min(2, os.cpu_count() or 1), "include_dashboard": False,
+                   "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
                                  "log_to_driver": not quiet}}
         t0 = time.perf_counter()
         run_simulation(server_app=server, client_app=client, num_supernodes=config.n_clients,
@@ -823,7 +871,11 @@ def load_or_run(config: FederatedConfig, arm: str = "fedavg", hospital: int = 0,
     name = shipped_name(config, arm, hospital)
     shipped = CHECKPOINT_DIR / f"{name}.safetensors"
     if shipped.exists() and not train_from_scratch:
-        model, _ = load(shipped)
+        model, meta = load(shipped)
+        differ = _differs(meta.get("federated", {}), config, arm)
+        if differ:
+            raise ValueError(f"{shipped} was trained with other settings ({', '.join(differ)} differ from "
+                             "this config): pass train_from_scratch=True to train this one (into runs/federated/)")
         hp = history_path(shipped)
         return model, (History.from_json(hp) if hp.exists() else History()), "shipped"
     out = RUNS_DIR / "federated" / name
@@ -837,6 +889,17 @@ def load_or_run(config: FederatedConfig, arm: str = "fedavg", hospital: int = 0,
         export(model, path, hist, steps=hist.step, wall_s=round(hist.wall_s, 1), federated=config.to_dict(),
                arm=arm, hospital=hospital if arm == "local" else -1, dataset=config.dataset, size=config.size)
     return model, History.from_json(history_path(path)), "trained"
+
+
+def _differs(saved: Mapping[str, Any], config: FederatedConfig, arm: str) -> list[str]:
+    """Settings of ``config`` that the run recorded in ``saved`` (a header's ``federated``) did not
+    use; the centralised arm pools every hospital, so the partition does not matter to it."""
+    ignore = set(_RESUMABLE) - {"rounds"}
+    if arm == "centralised":
+        ignore |= {"scheme", "alpha", "partition_seed", "share", "secagg", "server_lr", "server_momentum"}
+    elif arm == "local":
+        ignore |= {"share", "secagg", "server_lr", "server_momentum"}
+    return sorted(k for k, v in config.to_dict().items() if k not in ignore and saved.get(k) != v)
 
 
 def curve(history, config: FederatedConfig, key: str = "fd_ratio") -> tuple[np.ndarray, np.ndarray]:

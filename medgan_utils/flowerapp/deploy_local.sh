@@ -4,8 +4,9 @@
 # prints its log and stops every process it started. Exit status 0 iff the run completed.
 #
 #   bash medgan_utils/flowerapp/deploy_local.sh [N_NODES] [RUN_CONFIG]
-#   bash medgan_utils/flowerapp/deploy_local.sh 2 "rounds=1 local-steps=2 n-eval=200 out=/tmp/fl"
+#   bash medgan_utils/flowerapp/deploy_local.sh 2 "rounds=1 local-steps=2 n-eval=200 out='/tmp/fl'"
 #
+# RUN_CONFIG is TOML: quote string values (out='/abs/path', share='generator').
 # Insecure (plain HTTP, no node authentication): for one machine only. Across machines see README.md.
 # Flower never installs dependencies here (it would download a CUDA torch): the SuperLink gets
 # --disable-runtime-dependency-installation and FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1.
@@ -41,7 +42,13 @@ TOML
 PIDS=()
 cleanup() {
   local rc=$?
+  trap - EXIT INT TERM
   for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  # Each daemon starts a flower-superexec in a session of its own (it also exits when its parent
+  # does): stop those by the address they serve.
+  local ports
+  ports=$(seq -s '|' "$NODE_PORT" $((NODE_PORT + N_NODES - 1)))
+  pkill -TERM -f "flower-superexec.*--runtime-api-address 127[.]0[.]0[.]1:($LINK_PORT|$ports)( |$)" 2>/dev/null || true
   for _ in $(seq 1 30); do
     local alive=0
     for p in "${PIDS[@]}"; do pgrep -g "$p" >/dev/null 2>&1 && alive=1; done
@@ -63,11 +70,24 @@ except Exception:
 PY
 }
 
+port_free() { python - "$1" <<'PY'
+import socket, sys
+with socket.socket() as s:
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        sys.exit(1)
+PY
+}
+for port in "$LINK_PORT" $(seq "$NODE_PORT" $((NODE_PORT + N_NODES - 1))); do
+  port_free "$port" || { echo "port $port is taken (an earlier SuperLink or SuperNode?): stop it, or set LINK_PORT/NODE_PORT"; exit 1; }
+done
+
 setsid flower-superlink --insecure --disable-runtime-dependency-installation \
   --host 127.0.0.1 --port "$LINK_PORT" > "$LOGS/superlink.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 120); do health "$LINK_PORT" && break; sleep 0.5; done
-health "$LINK_PORT" || { echo "the SuperLink did not start:"; tail -n 30 "$LOGS/superlink.log"; exit 1; }
+health "$LINK_PORT" && kill -0 "${PIDS[0]}" 2>/dev/null || { echo "the SuperLink did not start:"; tail -n 30 "$LOGS/superlink.log"; exit 1; }
 echo "SuperLink up on 127.0.0.1:$LINK_PORT after $(( $(date +%s) - T0 )) s"
 
 for ((i = 0; i < N_NODES; i++)); do
