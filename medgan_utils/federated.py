@@ -21,6 +21,8 @@ Built on Flower's Message API (1.42: ``flwr.clientapp.ClientApp``, ``flwr.server
 * a hospital whose training raises replies with an error; ``FedAvg`` averages the others
   (``min_clients`` below: the server stops if fewer reply), so one drop-out does not stop the
   federation;
+* the deployment engine's entry points are ``medgan_utils.flower_apps:server_app`` and
+  ``:client_app`` (that module builds them at import; this one imports flwr only when used);
 * a reply carries model arrays and metrics only (:func:`reply_content_keys` lists them; a test
   checks that no image tensor leaves a hospital).
 
@@ -686,7 +688,7 @@ def _identity(config: FederatedConfig) -> dict[str, Any]:
 
 def make_apps(config: FederatedConfig | None = None):
     """A ``(ServerApp, ClientApp)`` pair. With ``config`` (simulation) both use it; without (the
-    deployment engine's :data:`server_app`/:data:`client_app`) they read Flower's run config."""
+    deployment engine's ``medgan_utils.flower_apps``) they read Flower's run config."""
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
 
@@ -713,16 +715,6 @@ def make_apps(config: FederatedConfig | None = None):
 
     server.medgan_sink = sink  # where run_federated finds the result of an in-process run
     return server, client
-
-
-def __getattr__(name: str):
-    # The deployment engine's entry points (``medgan_utils.federated:server_app`` / ``:client_app``),
-    # built on first use so that importing this module (the CLI does) never needs flwr.
-    if name in ("server_app", "client_app"):
-        server, client = make_apps()
-        globals().update(server_app=server, client_app=client)
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _LOCK = threading.Lock()

@@ -59,7 +59,7 @@ def test_the_shipped_flower_app_lists_every_setting_with_its_default():
     differ = {k for k in settings if settings[k] != defaults[k]}
     assert differ == {"n-clients", "rounds"}
     assert app["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "medgan_utils.federated:server_app", "clientapp": "medgan_utils.federated:client_app"}
+        "serverapp": "medgan_utils.flower_apps:server_app", "clientapp": "medgan_utils.flower_apps:client_app"}
 
 
 def test_hospitals_partition_the_training_split_and_skew_with_alpha(flower_env):
