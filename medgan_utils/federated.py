@@ -469,6 +469,11 @@ def server_step(before: Mapping[str, np.ndarray], average: Mapping[str, np.ndarr
     return out
 
 
+def _reason(text: str) -> str:
+    # A failed hospital's error arrives as a Ray traceback; its own message follows "Message:".
+    return text.split("Message:")[-1].strip().splitlines()[0] if "Message:" in text else text.strip()[:300]
+
+
 def _make_strategy(config: FederatedConfig, log: dict[str, Any], weights: set[str]):
     from flwr.app import Array
     from flwr.serverapp.strategy import FedAvg
@@ -492,7 +497,7 @@ def _make_strategy(config: FederatedConfig, log: dict[str, Any], weights: set[st
             ok = [m for m in replies if not m.has_error()]
             log["replies"], log["failures"] = len(ok), len(replies) - len(ok)
             log["bytes_up"] = sum(rec.count_bytes() for m in ok for rec in m.content.array_records.values())
-            log["errors"] = [m.error.reason for m in replies if m.has_error()]
+            log["errors"] = [_reason(m.error.reason) for m in replies if m.has_error()]
             if len(ok) < config.required_replies:
                 raise RuntimeError(f"round {server_round}: {len(ok)} of {len(replies)} hospitals replied, "
                                    f"fewer than min_clients={config.required_replies}; errors: {log['errors']}")
@@ -763,9 +768,12 @@ def _quiet_flower(quiet: bool) -> None:
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    if quiet:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs: silences Ray's notice
+    # Quiet: Flower's own log stays silent (its deprecation notice for run_simulation, and a full
+    # Ray traceback for every hospital that drops out); what matters reaches the round records
+    # (replies, failures, each failure's reason) and this module's one line per round.
+    logging.getLogger("flwr").setLevel(logging.CRITICAL if quiet else logging.INFO)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
 
 
 def export_federated(result: FederatedResult, path: str | os.PathLike) -> Path:
