@@ -471,7 +471,8 @@ def server_step(before: Mapping[str, np.ndarray], average: Mapping[str, np.ndarr
 
 def _reason(text: str) -> str:
     # A failed hospital's error arrives as a Ray traceback; its own message follows "Message:".
-    return text.split("Message:")[-1].strip().splitlines()[0] if "Message:" in text else text.strip()[:300]
+    line = text.split("Message:")[-1].strip().splitlines()[0] if "Message:" in text else text.strip()[:300]
+    return line.rstrip("'>").strip()
 
 
 def _make_strategy(config: FederatedConfig, log: dict[str, Any], weights: set[str]):
