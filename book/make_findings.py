@@ -320,8 +320,10 @@ def _federated(out: list[str]) -> None:
     out += [f"**Federated DCGAN across 4 simulated hospitals** (`08_federated` @ {r['commit']}; Flower 1.42 "
             "simulation, PneumoniaMNIST 28 px, 1,600 steps of 64 images in every arm; FD / floor against the "
             "validation split, classifier features, 2,000 fakes): " + "; ".join(parts)
-            + f"; each hospital alone (alpha 0.5) {', '.join(locs)}x, median {_sig(m['local_median/fd_ratio'])}x. "
-            f"A round moves {_f(m['bytes_per_round'] / 1e6, 1)} MB (4 hospitals, both directions); SecAgg+ "
+            + f"; each hospital alone (alpha 0.5) {', '.join(locs)}x, median {_sig(m['local_median/fd_ratio'])}x"
+            + (f"; FedAvg alpha 0.5 with four times the rounds {_sig(m['fedavg_alpha0.5_x4/fd_ratio'])}x"
+               if "fedavg_alpha0.5_x4/fd_ratio" in m else "") + ". "
+            + f"A round moves {_f(m['bytes_per_round'] / 1e6, 1)} MB (4 hospitals, both directions); SecAgg+ "
             f"matched FedAvg to {m.get('secagg/max_abs_diff', float('nan')):.1e} (bound "
             f"{m.get('secagg/bound', float('nan')):.1e}).", ""]
 
