@@ -318,7 +318,8 @@ def _federated(out: list[str]) -> None:
              for a, label in arms if f"{a}/fd_ratio" in m]
     locs = [_sig(m[f"local{h}_alpha0.5/fd_ratio"]) for h in range(8) if f"local{h}_alpha0.5/fd_ratio" in m]
     out += [f"**Federated DCGAN across 4 simulated hospitals** (`08_federated` @ {r['commit']}; Flower 1.42 "
-            "simulation, PneumoniaMNIST 28 px, 1,600 steps of 64 images in every arm; FD / floor against the "
+            "simulation, PneumoniaMNIST 28 px, 1,600 steps of 64 images in every arm but the x4 one (6,400); FD / floor "
+            "against the "
             "validation split, classifier features, 2,000 fakes): " + "; ".join(parts)
             + f"; each hospital alone (alpha 0.5) {', '.join(locs)}x, median {_sig(m['local_median/fd_ratio'])}x"
             + (f"; FedAvg alpha 0.5 with four times the rounds {_sig(m['fedavg_alpha0.5_x4/fd_ratio'])}x"

@@ -441,16 +441,22 @@ def _score_features(space: str, dataset: str, size: int, fake: torch.Tensor, see
 
 
 def fd_to_reference(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
-                    space: str = "classifier", seed: int = 0) -> dict[str, float]:
-    """Just ``fd`` and ``fd_ratio`` against the reference (no KID, PRDC or memorization): cheap
-    enough to log every few dozen training steps without touching the test split."""
+                    space: str = "classifier", seed: int = 0, with_prdc: bool = False) -> dict[str, float]:
+    """Just ``fd`` and ``fd_ratio`` against the reference (no KID or memorization): cheap enough
+    to log every few dozen training steps without touching the test split. ``with_prdc`` adds
+    ``precision`` and ``recall`` (k = 5) against the same reference, from the same features."""
     net, _ = feature_space(space, dataset, size)
     s = _sets(space, dataset, size)
     feats = network_features(net, fake_images.detach().float().cpu())
     n = min(feats.shape[0], s["train_part"].shape[0])
-    fd = frechet_distance(_subset_rows(feats, n, seed), s["ref"])
+    sub = _subset_rows(feats, n, seed)
+    fd = frechet_distance(sub, s["ref"])
     floor = _floor(space, dataset, size, n, seed, 0, 5)["fd"]
-    return {"fd": fd, "fd_ratio": fd / floor if floor > 0 else float("inf")}
+    out = {"fd": fd, "fd_ratio": fd / floor if floor > 0 else float("inf")}
+    if with_prdc:
+        pr = prdc(s["ref"], sub, k=5)
+        out.update(precision=pr["precision"], recall=pr["recall"])
+    return out
 
 
 def score_generator(

@@ -14,8 +14,8 @@ Built on Flower's Message API (1.42: ``flwr.clientapp.ClientApp``, ``flwr.server
 * one ``ArrayRecord`` per reply holds every shared network (``G.*``, ``D.*``, ``G_ema.*``: the
   module names of :meth:`medgan_utils.models.GAN.modules`); BatchNorm buffers are averaged too;
 * ``share="generator"`` sends only the generator(s): each hospital keeps its discriminator in
-  its ``context.state`` (the "shared generator, local discriminators" scheme of e.g. Rasouli et
-  al. 2020, FedGAN, and Guerraoui et al. 2020);
+  its ``context.state`` (a shared generator with discriminators that stay at their site, in the
+  spirit of MD-GAN, Hardy et al. 2019; FedGAN, Rasouli et al. 2020, averages both);
 * each hospital's Adam moments (and its local discriminator) persist across rounds in
   ``context.state``, which Flower keeps per node and run;
 * a hospital whose training raises replies with an error; ``FedAvg`` averages the others
@@ -406,7 +406,8 @@ def _client_train(config: FederatedConfig, msg, context):
         fitres = FitRes(Status(Code.OK, "OK"), ndarrays_to_parameters(_to_ndarrays(shared)[1]), len(data),
                         {"train-seconds": float(hist.wall_s), **logs})
         return Message(fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
-    metrics = MetricRecord({"num-examples": len(data), "train-seconds": float(hist.wall_s), **logs})
+    metrics = MetricRecord({"num-examples": len(data), "partition-id": pid, "train-seconds": float(hist.wall_s),
+                            **logs})
     arrays: ArrayRecord = pack(shared)
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
@@ -475,6 +476,13 @@ def _reason(text: str) -> str:
     return line.rstrip("'>").strip()
 
 
+def _partition_of(msg) -> int:
+    if msg.has_error():
+        return -1
+    rec = next(iter(msg.content.metric_records.values()), {})
+    return int(rec.get("partition-id", -1))
+
+
 def _make_strategy(config: FederatedConfig, log: dict[str, Any], weights: set[str]):
     from flwr.app import Array
     from flwr.serverapp.strategy import FedAvg
@@ -494,7 +502,9 @@ def _make_strategy(config: FederatedConfig, log: dict[str, Any], weights: set[st
             return msgs
 
         def aggregate_train(self, server_round, replies):
-            replies = list(replies)
+            # In a fixed order (by hospital), so that the float sums of the average, and with them
+            # the whole run, do not depend on which hospital happened to reply first.
+            replies = sorted(replies, key=lambda m: (m.has_error(), _partition_of(m)))
             ok = [m for m in replies if not m.has_error()]
             log["replies"], log["failures"] = len(ok), len(replies) - len(ok)
             log["bytes_up"] = sum(rec.count_bytes() for m in ok for rec in m.content.array_records.values())
@@ -510,7 +520,8 @@ def _make_strategy(config: FederatedConfig, log: dict[str, Any], weights: set[st
                 == {k: tuple(a.shape) for k, a in sent["arrays"].items()} for m in ok))
             arrays, metrics = super().aggregate_train(server_round, replies)
             if metrics is not None:  # the hospitals' losses and Adam step counts, averaged
-                log.update({f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+                log.update({f"train/{k}": float(v) for k, v in metrics.items()
+                            if isinstance(v, int | float) and k != "partition-id"})
             if arrays is not None and (config.server_lr != 1.0 or config.server_momentum):
                 before = sent["arrays"]
                 stepped = server_step({k: before[k].numpy() for k in weights},
@@ -569,7 +580,7 @@ def _server_main(config: FederatedConfig, grid, context, sink: dict[str, Any] | 
 
             with torch.no_grad(), threadpool_limits(1):
                 fakes = model.sample(config.n_eval, generator=torch.Generator().manual_seed(gen))
-                rec.update(fd_to_reference(fakes, config.dataset, config.size))
+                rec.update(fd_to_reference(fakes, config.dataset, config.size, with_prdc=True))
         if server_round > 0:
             rec.update({k: v for k, v in round_log.items() if k not in ("errors", "reply_keys")})
             for key in ("errors", "reply_keys"):
@@ -618,8 +629,9 @@ def _run_secagg(config: FederatedConfig, grid, context, shared: Mapping[str, nn.
 
     SecAgg+ multiplies each hospital's weights by ``n / max_weight`` (n: its images), clips them
     to +-``clipping_range`` (8), quantises them to ``quantization_range`` (2**22) levels and masks
-    them; the server unmasks only the sum. ``max_weight`` is set to the largest hospital, so no
-    weight up to +-8 is clipped and the error of the average is at most
+    them; the server unmasks only the sum. ``max_weight`` is the size of the whole training split
+    (no hospital holds more, and the server needs no hospital's size), so no weight up to +-8 is
+    clipped and the error of the average is at most
     n_clients * (2 * 8 / 2**22) * max_weight / sum(n) per value and round (:func:`secagg_error_bound`).
     """
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -828,7 +840,7 @@ def train_baseline(config: FederatedConfig, arm: str, hospital: int = 0, *,
         if not config.n_eval:
             return None
         fakes = model.sample(config.n_eval, generator=torch.Generator().manual_seed(config.seed))
-        return fd_to_reference(fakes, config.dataset, config.size)
+        return fd_to_reference(fakes, config.dataset, config.size, with_prdc=True)
 
     facts = {"federated": config.to_dict(), "arm": arm, "hospital": hospital if arm == "local" else -1,
              "dataset": config.dataset, "size": config.size, "seed": config.seed,

@@ -137,11 +137,12 @@ def test_a_hospital_that_drops_out_does_not_stop_the_federation_and_replies_hold
     assert r2["reply_keys"] == sorted(["arrays:D", "arrays:G", "arrays:G_ema", "metrics:D_fake",
                                        "metrics:D_real", "metrics:G_grad_norm", "metrics:adam-steps",
                                        "metrics:loss_D", "metrics:loss_G", "metrics:num-examples",
-                                       "metrics:train-seconds"])
+                                       "metrics:partition-id", "metrics:train-seconds"])
     model_bytes = sum(t.numel() * t.element_size() for t in fl.pack(fl.shared_modules(result.model, "all"))
                       .to_torch_state_dict().values())
     assert model_bytes <= r2["bytes_up"] / 3 <= model_bytes * 1.01  # arrays plus their key names
     assert np.isfinite(r2["fd"]) and r2["fd_ratio"] > 0 and r2["total_rss_mb"] > r2["server_rss_mb"]
+    assert 0 <= r2["precision"] <= 1 and 0 <= r2["recall"] <= 1  # scored every round, beside FD
     # The server checkpointed every round and the result ships like any GAN.
     assert read_metadata(out / "last.safetensors")["round"] == 2
     path = fl.export_federated(result, flower_env / "fed.safetensors")
@@ -184,11 +185,14 @@ def test_generator_only_sharing_keeps_each_discriminator_home(flower_env):
 
 def test_secagg_plus_aggregate_matches_plain_fedavg_within_its_quantisation_bound(flower_env):
     weights = {}
-    for secagg in (True, False):
+    for run, secagg in (("secagg", True), ("plain", False), ("plain again", False)):
         cfg = fl.FederatedConfig(n_clients=3, rounds=1, local_steps=2, n_eval=0, secagg=secagg)
         result = fl.run_federated(cfg)
         assert result.rounds[-1]["replies"] == 3
-        weights[secagg] = fl._shared_state(fl.shared_modules(result.model, "all"))
+        weights[run] = fl._shared_state(fl.shared_modules(result.model, "all"))
+    # FedAvg averages the replies in hospital order: a re-run is bit-identical
+    assert all(torch.equal(weights["plain"][k], weights["plain again"][k]) for k in weights["plain"])
+    weights = {True: weights["secagg"], False: weights["plain"]}
     diff = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in weights[False])
     bound = fl.secagg_error_bound(cfg)
     assert 0 < diff <= bound, (diff, bound)  # masked and quantised, yet the same average
