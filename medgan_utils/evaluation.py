@@ -73,7 +73,8 @@ from .utils import CHECKPOINT_DIR, RUNS_DIR
 __all__ = [
     "SPACES", "autoencoder_path", "calibration_battery", "clear_cache", "fd_to_reference", "feature_space",
     "generator_training_arrays",
-    "load_autoencoder", "real_features", "reference_split", "reference_table", "score_generator",
+    "load_autoencoder", "membership_audit", "real_features", "reference_split", "reference_table",
+    "score_generator",
     "train_autoencoder", "training_part",
 ]
 
@@ -457,6 +458,26 @@ def fd_to_reference(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
         pr = prdc(s["ref"], sub, k=5)
         out.update(precision=pr["precision"], recall=pr["recall"])
     return out
+
+
+def membership_audit(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
+                     member_images: torch.Tensor | None = None, space: str = "classifier",
+                     seed: int = 0) -> dict[str, float]:
+    """The black-box membership-inference attack (:func:`medgan_utils.metrics.membership_auc`)
+    on a generator of ``dataset``, in ``space``'s features, at equal n.
+
+    Members are the images the generator trained on: ``member_images`` (float (N, C, H, W) in
+    [-1, 1], e.g. one hospital's share in chapter 08), else the whole training split. Non-members
+    are the validation split, real images no generator of the course trained on. ``mia_auc``
+    near 0.5: the generated images do not betray who was in the training set.
+    """
+    from .metrics import membership_auc
+
+    net, _ = feature_space(space, dataset, size)
+    s = _sets(space, dataset, size)
+    feats = network_features(net, fake_images.detach().float().cpu())
+    members = s["train"] if member_images is None else network_features(net, member_images.float().cpu())
+    return membership_auc(members, s["val"], feats, seed=seed)
 
 
 def score_generator(

@@ -231,3 +231,12 @@ def test_per_class_labels_an_unconditional_generator_with_the_classifier(data):
         ev.score_per_class(x, labels[:10], "pneumoniamnist")
     with pytest.raises(ValueError, match="exceed k=5"):  # no fakes of "normal"
         ev.score_per_class(x[:50], torch.ones(50), "pneumoniamnist", kid_subsets=0)
+
+
+def test_membership_audit_betrays_a_copying_generator_and_not_the_shipped_dcgan(data):
+    members, _ = ev.training_part("pneumoniamnist")
+    members = members[:400]  # a generator trained on these 400 images only ...
+    copies = ev.membership_audit(members.repeat(3, 1, 1, 1), "pneumoniamnist", member_images=members)
+    assert copies["mia_auc"] > 0.95 and copies["n"] == 400.0  # ... that copies them is caught
+    dcgan = ev.membership_audit(ev.sample_shipped("dcgan_pneumoniamnist_28", 2000, seed=0), "pneumoniamnist")
+    assert abs(dcgan["mia_auc"] - 0.5) < 0.1 and dcgan["n"] == 524.0  # members: train, subsampled to val's 524

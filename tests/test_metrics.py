@@ -238,3 +238,16 @@ def test_fd_floor_over_seeds():
                                               seeds=[0, 1, 2])
     assert len(values) == 3 and len(set(values)) == 3
     assert mean == pytest.approx(np.mean(values)) and std > 0
+
+
+def test_membership_auc_betrays_copies_and_not_fresh_samples():
+    from medgan_utils.metrics import membership_auc
+
+    g = torch.Generator().manual_seed(0)
+    members, nonmembers = torch.randn(300, 16, generator=g), torch.randn(200, 16, generator=g)
+    copies = members + 0.01 * torch.randn(300, 16, generator=g)      # a generator that memorised
+    fresh = torch.randn(600, 16, generator=g)                         # one that learned the law
+    leaky = membership_auc(members, nonmembers, copies)
+    assert leaky["mia_auc"] > 0.95 and leaky["n"] == 200.0  # equal n: members subsampled to 200
+    assert leaky["mia_member_median"] < 0.1 < leaky["mia_nonmember_median"]
+    assert abs(membership_auc(members, nonmembers, fresh)["mia_auc"] - 0.5) < 0.08
