@@ -470,6 +470,10 @@ def membership_audit(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
     [-1, 1], e.g. one hospital's share in chapter 08), else the whole training split. Non-members
     are the validation split, real images no generator of the course trained on. ``mia_auc``
     near 0.5: the generated images do not betray who was in the training set.
+
+    Non-members must come from the members' own distribution. The validation split has the data
+    set's overall class mix, so for a skewed member set (one hospital's share) the AUC measures
+    the class-mix difference as well as membership: hold out part of that member set instead.
     """
     from .metrics import membership_auc
 
