@@ -422,10 +422,6 @@ class FederatedResult:
     wall_s: float = 0.0
     stopped: str = ""
 
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        pts = [(r["round"], r[key]) for r in self.rounds if key in r]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
     def to_json(self, path: str | os.PathLike) -> None:
         from .utils import write_json
 

@@ -257,6 +257,18 @@ def nearest_neighbours(
     return _nn(fake, train, k)[1].cpu()
 
 
+def _equal_n(a: torch.Tensor, b: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subsample the larger of two feature sets (seeded) to the size of the smaller:
+    nearest-neighbour distances shrink as a set grows, so sets compared by them need equal n."""
+    n = min(a.shape[0], b.shape[0])
+    g = _generator(seed)
+    if a.shape[0] > n:
+        a = a[torch.randperm(a.shape[0], generator=g)[:n].to(a.device)]
+    if b.shape[0] > n:
+        b = b[torch.randperm(b.shape[0], generator=g)[:n].to(b.device)]
+    return a, b
+
+
 def memorization(
     train_feats: torch.Tensor,
     heldout_feats: torch.Tensor,
@@ -293,12 +305,7 @@ def memorization(
     train = _as_features(train_feats, "train_feats")
     held = _as_features(heldout_feats, "heldout_feats").to(train.device)
     fake = _as_features(fake_feats, "fake_feats").to(train.device)
-    n = min(train.shape[0], held.shape[0])
-    g = _generator(seed)
-    if train.shape[0] > n:
-        train = train[torch.randperm(train.shape[0], generator=g)[:n].to(train.device)]
-    if held.shape[0] > n:
-        held = held[torch.randperm(held.shape[0], generator=g)[:n].to(train.device)]
+    train, held = _equal_n(train, held, seed)
     d_train = _nn(fake, train, 1)[0][:, 0]
     d_held = _nn(fake, held, 1)[0][:, 0]
     med_train, med_held = float(d_train.median()), float(d_held.median())
@@ -377,10 +384,8 @@ def membership_auc(
     member = _as_features(member_feats, "member_feats")
     non = _as_features(nonmember_feats, "nonmember_feats").to(member.device)
     fake = _as_features(fake_feats, "fake_feats").to(member.device)
-    n = min(member.shape[0], non.shape[0])
-    g = _generator(seed)
-    member = member[torch.randperm(member.shape[0], generator=g)[:n].to(member.device)]
-    non = non[torch.randperm(non.shape[0], generator=g)[:n].to(non.device)]
+    member, non = _equal_n(member, non, seed)
+    n = member.shape[0]
     d_member, d_non = _nn(member, fake, 1)[0][:, 0], _nn(non, fake, 1)[0][:, 0]
     labels = np.r_[np.ones(n), np.zeros(n)]
     scores = -torch.cat([d_member, d_non]).cpu().numpy()
