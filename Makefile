@@ -22,7 +22,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,notebooks,book,fl]"
+	$(PY) -m pip install --quiet -e ".[dev,notebooks,book,fl,privacy]"
 	touch $@
 
 venv: $(VENV)/.installed

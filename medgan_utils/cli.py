@@ -29,7 +29,16 @@ import numpy as np
 def _field_help(cls) -> dict[str, str]:
     """Field -> help text from a config dataclass's ``Attributes:`` section (Google style): a
     field line ``name: text`` (or ``a, b: text``) and its deeper-indented continuation lines, at
-    whatever indentation the docstring has."""
+    whatever indentation the docstring has. A subclass's fields take their text from the class
+    that documents them (``DPGANConfig`` adds privacy to ``GANConfig``)."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass) and "__doc__" in vars(klass):
+            helps.update(_own_field_help(klass))
+    return helps
+
+
+def _own_field_help(cls) -> dict[str, str]:
     doc = inspect.getdoc(cls) or ""
     lines = doc.splitlines()
     if "Attributes:" in doc:  # the section may start on the docstring's first line
@@ -261,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .federated import FederatedConfig
 
     _add_dataclass_args(fd, FederatedConfig)
+
+    pv = sub.add_parser("privacy", help="chapter 09: the DP-GAN privacy-utility study and membership audits",
+                        description="`study` trains (or loads the shipped) DP-GANs at each epsilon and D-steps "
+                                    "setting, scores them (FD, precision, recall, TSTR, membership attacks) and "
+                                    "audits shipped non-private generators; writes results/09_privacy_study.json. "
+                                    "`audit NAME...` audits shipped generators only. One DP-GAN: "
+                                    "`medgan train dp-gan --epsilon 10`.")
+    pv.add_argument("action", choices=["study", "audit"])
+    pv.add_argument("names", nargs="*", help="audit: shipped generators (checkpoints/<name>.safetensors)")
+    pv.add_argument("--epsilons", type=float, nargs="+", default=None, help="study: targets (inf allowed)")
+    pv.add_argument("--n-ds", type=int, nargs="+", default=None, help="study: D steps per G step")
+    pv.add_argument("--d-steps", type=int, default=None, help="study: private D steps per model")
+    pv.add_argument("--train-from-scratch", action="store_true", help="study: train even if shipped")
+    pv.add_argument("--out", type=Path, default=None,
+                    help="study: the JSON to write (default: results/09_privacy_study.json)")
+    _data_args(pv)
 
     d = sub.add_parser("download", help="fetch a MedMNIST file through medmnist (needs the internet)")
     d.add_argument("name")
@@ -589,6 +614,39 @@ def _augmentation(ns, device) -> int:
     return 0
 
 
+# Non-private generators of chapters 01-04 and 08 that chapter 09 audits.
+AUDITED = ("gan_pneumoniamnist_28", "dcgan_pneumoniamnist_28", "wgan-gp_pneumoniamnist_28",
+           "cgan_pneumoniamnist_28_f1", "fed_centralised", "fed_fedavg_alpha0.5")
+
+
+def cmd_privacy(ns) -> int:
+    from .pretrained import load
+    from .privacy import STUDY, audit, privacy_study
+    from .utils import CHECKPOINT_DIR, git_commit, write_json
+
+    _setup(ns)
+    if ns.action == "audit":
+        for name in ns.names or AUDITED:
+            path = CHECKPOINT_DIR / f"{name}.safetensors"
+            if not path.exists():
+                raise SystemExit(f"no shipped generator {path}")
+            gan, meta = load(path)
+            res = audit(gan, meta.get("dataset", ns.dataset), meta.get("size", ns.size), seed=ns.seed,
+                        with_discriminator=meta.get("kind") == "dpgan")
+            print(json.dumps({"name": name, **res}, indent=1))
+        return 0
+    if ns.names:
+        raise SystemExit("`medgan privacy study` takes no names (they are for `audit`)")
+    out = ns.out or Path("results") / "09_privacy_study.json"
+    res = privacy_study(dataset=ns.dataset, size=ns.size, epsilons=ns.epsilons or STUDY["epsilons"],
+                        n_ds=ns.n_ds or STUDY["n_ds"], d_steps=ns.d_steps or STUDY["d_steps"],
+                        train_from_scratch=ns.train_from_scratch, seed=ns.seed,
+                        audit_shipped=[a for a in AUDITED if (CHECKPOINT_DIR / f"{a}.safetensors").exists()])
+    write_json(out, {**res, "commit": git_commit(), "command": "medgan " + " ".join(sys.argv[1:])})
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_federated(ns) -> int:
     from .federated import FederatedConfig, export_federated, run_federated, train_baseline
     from .pretrained import export
@@ -636,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "apply": cmd_apply,
                "train-extractor": cmd_train_extractor, "download": cmd_download,
                "run-notebooks": cmd_run_notebooks, "reproduce": cmd_reproduce, "experiment": cmd_experiment,
-               "train-cgan": cmd_train_cgan, "federated": cmd_federated}[ns.command]
+               "train-cgan": cmd_train_cgan, "federated": cmd_federated,
+               "privacy": cmd_privacy}[ns.command]
     return handler(ns)
 
 

@@ -37,7 +37,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 __all__ = [
     "class_coverage", "copy_fraction", "evaluate", "extract_features", "fd_floor_over_seeds",
     "feature_metrics",
-    "frechet_distance", "kid", "membership_auc", "memorization", "nearest_neighbours", "prdc", "psnr",
+    "attack_auc", "frechet_distance", "kid", "membership_auc", "memorization", "nearest_neighbours", "prdc", "psnr",
     "ssim",
 ]
 
@@ -379,18 +379,31 @@ def membership_auc(
         ``mia_auc``, and ``mia_member_median`` / ``mia_nonmember_median`` (median distances to the
         nearest fake) and ``n`` (images per side).
     """
-    from sklearn.metrics import roc_auc_score
-
     member = _as_features(member_feats, "member_feats")
     non = _as_features(nonmember_feats, "nonmember_feats").to(member.device)
     fake = _as_features(fake_feats, "fake_feats").to(member.device)
     member, non = _equal_n(member, non, seed)
-    n = member.shape[0]
     d_member, d_non = _nn(member, fake, 1)[0][:, 0], _nn(non, fake, 1)[0][:, 0]
-    labels = np.r_[np.ones(n), np.zeros(n)]
-    scores = -torch.cat([d_member, d_non]).cpu().numpy()
-    return {"mia_auc": float(roc_auc_score(labels, scores)), "mia_member_median": float(d_member.median()),
-            "mia_nonmember_median": float(d_non.median()), "n": float(n)}
+    return {"mia_auc": attack_auc(-d_member, -d_non), "mia_member_median": float(d_member.median()),
+            "mia_nonmember_median": float(d_non.median()), "n": float(member.shape[0])}
+
+
+def attack_auc(member_scores: torch.Tensor | np.ndarray, nonmember_scores: torch.Tensor | np.ndarray) -> float:
+    """ROC AUC of a membership attack that calls an image a member when its score is high.
+
+    Any attack reduces to a score per candidate image: minus the distance to the nearest fake
+    (:func:`membership_auc`), a discriminator's logit (the white-box attack of LOGAN, Hayes et
+    al. 2019: an overfitted D scores its training images higher)... 0.5 = no better than a coin.
+    Compare sets of equal size (or subsample: :func:`membership_auc` does)."""
+    from sklearn.metrics import roc_auc_score
+
+    m = np.asarray(torch.as_tensor(member_scores).detach().cpu(), dtype=np.float64).reshape(-1)
+    n = np.asarray(torch.as_tensor(nonmember_scores).detach().cpu(), dtype=np.float64).reshape(-1)
+    if not len(m) or not len(n):
+        raise ValueError(f"an attack AUC needs members and non-members, got {len(m)} and {len(n)}")
+    if not (np.isfinite(m).all() and np.isfinite(n).all()):
+        raise ValueError("attack scores must be finite")
+    return float(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]))
 
 
 def feature_metrics(

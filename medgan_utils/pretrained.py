@@ -83,6 +83,7 @@ def train_model(
     if model is None:
         model = kind.build(config, device, arrays)
     loader = kind.loader(arrays, config, batch_size, device, seed or 0) if arrays is not None else data
+    callbacks = [*callbacks, *kind.prepare(model, loader, fit_config)]  # e.g. Opacus (chapter 09)
     hist = fit(model, loader, fit_config, out_dir=out_dir, callbacks=callbacks,
                metadata=header(config, **kind.header_facts(model), **(facts or {})), progress=progress)
     return model, hist

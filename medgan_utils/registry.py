@@ -30,6 +30,7 @@ from torch import nn
 
 from .data import Arrays, TensorLoader
 from .models.cyclegan import CYCLEGAN_PRESETS, CycleGAN, CycleGANConfig
+from .models.dpgan import DP_PRESETS, DPGAN, DPGANConfig
 from .models.gan import GAN, PRESETS, GANConfig
 from .models.recon import RECON_PRESETS, ReconConfig, ReconModel
 from .models.sr import SR_PRESETS, SRConfig, SRModel
@@ -95,6 +96,10 @@ class ModelKind:
             H, W) in [-1, 1], dataset, seed) -> dict`` of numbers (``medgan evaluate``); None:
             :func:`medgan_utils.metrics.evaluate_paired` with ``make_pairs`` and ``baseline``.
         batch_size: the default of ``medgan train``'s ``--batch-size`` for this kind.
+        prepare: ``(model, loader, fit_config) -> [(every, callback), ...]``, called by
+            :func:`~medgan_utils.pretrained.train_model` between building the model and ``fit``:
+            set-up that depends on the loader or the run's length (chapter 09 attaches Opacus
+            here and returns a callback that logs epsilon each epoch); fit stays unaware of it.
     """
 
     name: str
@@ -114,6 +119,8 @@ class ModelKind:
     baseline: Callable[..., torch.Tensor] | None = None
     evaluate: Callable[..., dict[str, Any]] | None = None
     batch_size: int = 64
+    prepare: Callable[[Any, Iterable, FitConfig], Iterable[tuple[int, Callable]]] = (
+        lambda model, loader, fit_config: ())
 
     def config(self, preset: str | None = None, data: Arrays | None = None,
                conditional: bool = False, **overrides: Any) -> Any:
@@ -218,9 +225,8 @@ def _gan_restore(header: Mapping[str, Any], config: GANConfig) -> dict[str, Any]
 
 
 def _gan_serve(model: GAN, stored: set[str]) -> dict[str, nn.Module]:
-    if stored == {"G"}:  # a shipped export: its G (the EMA one when there was one) is what samples
+    if "G_ema" not in stored:  # a shipped export: its G (the EMA one when there was one) samples
         model.ema = None
-        return {"G": model.G}
     return _serve_stored(model, stored)
 
 
@@ -409,4 +415,50 @@ register(ModelKind(
     loader=_unpaired_loader,
     evaluate=_cyclegan_evaluate,
     batch_size=1,  # as in the paper: one image per domain per step (the pool holds 50)
+))
+
+
+# -- chapter 09: differential privacy ---------------------------------------------------------
+
+
+def _poisson_loader(data: Arrays, config: Any, batch_size: int, device: torch.device | str,
+                    seed: int) -> Iterable:
+    # The sampling DP-SGD's accounting assumes: each image in each batch with probability B / N.
+    return TensorLoader(data.images, data.labels, batch_size, device, seed=seed, sampling="poisson")
+
+
+def _dp_prepare(model: DPGAN, loader: Any, fit_config: FitConfig) -> list[tuple[int, Callable]]:
+    if getattr(loader, "sampling", None) != "poisson":
+        raise ValueError("a DPGAN trains on Poisson-sampled batches (TensorLoader(..., sampling='poisson')): "
+                         "the privacy accounting assumes them")
+    d_steps = fit_config.steps * model.config.n_critic
+    model.make_private(loader.sample_rate, d_steps, loader.batch_size)
+    every = max(1, len(loader) // model.config.n_critic)  # fit steps per epoch of D steps
+
+    def epsilon(step: int, m: DPGAN, logs: Mapping[str, float]) -> dict[str, float]:
+        eps = m.epsilon()
+        return {"epsilon": eps} if np.isfinite(eps) else {}
+
+    return [(every, epsilon)]
+
+
+def _dp_facts(model: DPGAN) -> dict[str, Any]:
+    return {**_gan_facts(model), "privacy": model.privacy_facts()}
+
+
+register(ModelKind(
+    "dpgan", DPGANConfig, DPGAN, presets=DP_PRESETS,
+    description="the differentially private conditional GAN of chapter 09 (Opacus DP-SGD on D)",
+    preset_help={"dp-gan": "conditional DCGAN, GroupNorm D trained with DP-SGD to a target --epsilon "
+                           "(inf: the same GAN without privacy) (chapter 09)"},
+    data_fields=lambda data, conditional: _image_fields(data, True),  # TSTR needs labelled fakes
+    build_kwargs=_gan_build_kwargs,
+    header_facts=_dp_facts,
+    restore_kwargs=_gan_restore,
+    loader=_poisson_loader,
+    prepare=_dp_prepare,
+    # G (the EMA one) samples; D ships too, for chapter 09's white-box membership attack.
+    export_modules=lambda gan: {"G": gan.generator_for_export(), "D": gan.D},
+    serve_modules=_gan_serve,
+    batch_size=128,
 ))

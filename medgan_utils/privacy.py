@@ -1,0 +1,222 @@
+"""Chapter 09: what a generator gives away, and a GAN with a formal privacy guarantee.
+
+Two halves:
+
+* **Audits for any generator** (:func:`audit`): nearest-neighbour distances of generated images
+  to training and to held-out real images (:func:`medgan_utils.metrics.memorization`, with the
+  closest pairs to look at), the black-box membership attack of GAN-Leaks
+  (:func:`medgan_utils.metrics.membership_auc`) in both feature spaces of the evaluation toolkit,
+  and, where the discriminator ships, the white-box attack that asks D itself
+  (:func:`discriminator_attack`, LOGAN).
+* **The privacy-utility study** (:func:`privacy_study`): the DP-GAN of
+  :mod:`medgan_utils.models.dpgan` trained to epsilon in {1, 3, 10, inf} at delta = 1e-5 and with
+  1 or 5 D steps per G step (Bie et al. 2023), each judged by FD / precision / recall against
+  held-out images, by TSTR (chapter 04's downstream classifier trained on synthetic images only,
+  tested on the real test split) and by the attacks.
+
+Run by ``medgan privacy study`` (writes ``results/09_privacy_study.json``); one model by
+``medgan train dp-gan --epsilon 10``. Introduced in ``notebooks/09_privacy.ipynb``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Arrays, to_float
+from .models.dpgan import DPGAN, DPGANConfig
+from .results import key
+from .train import FitConfig
+
+__all__ = [
+    "STUDY", "audit", "discriminator_attack", "eps_tag", "load_or_train_dp", "privacy_study",
+    "shipped_name", "study_config", "tstr_auc",
+]
+
+# The study's recipe (PneumoniaMNIST, 4,708 training images): Poisson batches of 128 (rate
+# 0.027), 2,000 private D steps (54 epochs of D), delta 1e-5 (< 1 / N).
+STUDY = dict(dataset="pneumoniamnist", size=28, batch_size=128, d_steps=2000, delta=1e-5,
+             epsilons=(1.0, 3.0, 10.0, math.inf), n_ds=(1, 5), n_d_epsilons=(10.0,))
+
+
+def eps_tag(epsilon: float) -> str:
+    """``eps10``, ``eps1``, ``epsinf``: the result keys' and checkpoints' spelling."""
+    return "epsinf" if math.isinf(epsilon) else f"eps{epsilon:g}"
+
+
+def study_config(train: Arrays, epsilon: float, n_d: int = 1, **overrides: Any) -> DPGANConfig:
+    """The ``dp-gan`` preset on ``train``'s images and classes, at ``epsilon`` with ``n_d`` D
+    steps per G step."""
+    from .registry import get_kind
+
+    return get_kind("dpgan").config("dp-gan", train, epsilon=epsilon, n_critic=n_d,
+                                    delta=overrides.pop("delta", STUDY["delta"]), **overrides)
+
+
+def shipped_name(epsilon: float, n_d: int = 1, dataset: str = "pneumoniamnist") -> str:
+    """``dp_pneumoniamnist_eps10_nd1``: where :func:`load_or_train_dp` looks in ``checkpoints/``."""
+    return f"dp_{dataset}_{eps_tag(epsilon)}_nd{n_d}"
+
+
+def load_or_train_dp(train: Arrays, epsilon: float, n_d: int = 1, *, d_steps: int = STUDY["d_steps"],
+                     batch_size: int = STUDY["batch_size"], train_from_scratch: bool = False,
+                     device: torch.device | str = "cpu", progress: bool = False,
+                     seed: int = 0) -> tuple[DPGAN, Any, str]:
+    """The shipped DP-GAN for (``epsilon``, ``n_d``), or train it now (``d_steps`` private D steps
+    on Poisson batches of ``batch_size``: ``d_steps // n_d`` G steps, checkpointed, resumable)."""
+    from .pretrained import load_or_train
+
+    if d_steps % n_d:
+        raise ValueError(f"d_steps ({d_steps}) must be a multiple of n_d ({n_d})")
+    cfg = study_config(train, epsilon, n_d)
+    steps = d_steps // n_d
+    fcfg = FitConfig(steps=steps, log_every=max(1, steps // 40), ckpt_every=max(1, steps // 4))
+    return load_or_train(shipped_name(epsilon, n_d, train.name), cfg, train, fcfg,
+                         train_from_scratch=train_from_scratch, device=device, progress=progress,
+                         facts={"dataset": train.name, "size": train.size, "batch_size": batch_size,
+                                "n_train": len(train)},
+                         seed=seed, batch_size=batch_size)
+
+
+@torch.no_grad()
+def _d_scores(gan: DPGAN, images: np.ndarray, labels: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    D = gan.D
+    was = D.training
+    D.eval()
+    out = []
+    y_all = torch.as_tensor(np.asarray(labels).reshape(-1)).long()
+    for i in range(0, len(images), batch_size):
+        x = to_float(torch.as_tensor(images[i:i + batch_size])).to(gan.device)
+        y = y_all[i:i + batch_size].to(gan.device) if gan.config.num_classes else None
+        out.append(D(x, y).float().cpu())
+    D.train(was)
+    return torch.cat(out)
+
+
+def discriminator_attack(gan: DPGAN, members: Arrays, nonmembers: Arrays, seed: int = 0) -> dict[str, float]:
+    """The white-box membership attack (LOGAN, Hayes et al. 2019): an overfitted discriminator
+    scores the images it trained on as "more real". ROC AUC of D's logit on training images vs
+    unseen real images of the same distribution, at equal n (the larger set subsampled, seeded).
+    A DP discriminator bounds what any one image can change in D, and so this AUC."""
+    from .metrics import attack_auc
+
+    n = min(len(members), len(nonmembers))
+    g = torch.Generator().manual_seed(seed)
+    im = torch.randperm(len(members), generator=g)[:n].numpy()
+    inn = torch.randperm(len(nonmembers), generator=g)[:n].numpy()
+    m = _d_scores(gan, members.images[im], np.asarray(members.labels).reshape(-1)[im])
+    o = _d_scores(gan, nonmembers.images[inn], np.asarray(nonmembers.labels).reshape(-1)[inn])
+    return {"d_mia_auc": attack_auc(m, o), "d_member_mean": float(m.mean()),
+            "d_nonmember_mean": float(o.mean()), "n": float(n)}
+
+
+def audit(gan: Any, dataset: str, size: int = 28, *, n: int = 2000, seed: int = 0,
+          members: Arrays | None = None, nonmembers: Arrays | None = None,
+          with_discriminator: bool = False) -> dict[str, float]:
+    """Memorization and membership numbers for any generator of ``dataset``.
+
+    ``n`` fakes (fixed noise seed) are scored by :func:`~medgan_utils.evaluation.score_generator`
+    (FD/floor, precision, recall and the nearest-neighbour memorization numbers, in the
+    classifier's and the autoencoder's features) and attacked by
+    :func:`~medgan_utils.evaluation.membership_audit` in both spaces (``<space>_mia_auc``);
+    with ``with_discriminator`` (a DPGAN that ships its D) also by :func:`discriminator_attack`
+    on ``members`` (default: the training split) vs ``nonmembers`` (default: the validation
+    split).
+    """
+    from .data.ct import load_split
+    from .evaluation import SPACES, membership_audit, score_generator
+
+    fake = gan.sample(n, generator=torch.Generator().manual_seed(seed + 1))
+    scores = score_generator(fake, dataset, size, seed=seed)
+    keep = ("fd_ratio", "precision", "recall", "nn_ratio", "frac_closer_to_train", "copy_frac",
+            "nn_train_median", "nn_heldout_median")
+    out = {f"{sp}_{k}": float(scores[f"{sp}_{k}"]) for sp in SPACES for k in keep}
+    for sp in SPACES:
+        out[f"{sp}_mia_auc"] = membership_audit(fake, dataset, size, space=sp, seed=seed)["mia_auc"]
+    if with_discriminator:
+        members = members or load_split(dataset, "train", size)
+        nonmembers = nonmembers or load_split(dataset, "val", size)
+        out.update({k: v for k, v in discriminator_attack(gan, members, nonmembers, seed).items()
+                    if k != "n"})
+    return out
+
+
+def tstr_auc(gan: Any, train: Arrays, val: Arrays, test: Arrays, seed: int = 0,
+             arm: str = "synthetic") -> dict[str, float]:
+    """Chapter 04's downstream judge on one arm: ``"synthetic"`` (TSTR: as many fakes as
+    ``train`` has, with its labels) or ``"real"`` (TRTR, ``gan`` may be None); test AUC and ACC."""
+    from .augmentation import run_arms
+
+    rec = run_arms(train.images, np.asarray(train.labels).reshape(-1), gan, val, test,
+                   seeds=(seed,), arms=(arm,))[arm][0]
+    return {"auc": rec["auc"], "acc": rec["acc"], "seconds": rec["train_seconds"]}
+
+
+def _prefix(tag: str, d: dict[str, float]) -> dict[str, float]:
+    return {key(tag, k): v for k, v in d.items()}
+
+
+def privacy_study(*, dataset: str = STUDY["dataset"], size: int = STUDY["size"],
+                  epsilons: Sequence[float] = STUDY["epsilons"], n_ds: Sequence[int] = STUDY["n_ds"],
+                  n_d_epsilons: Sequence[float] = STUDY["n_d_epsilons"],
+                  d_steps: int = STUDY["d_steps"], batch_size: int = STUDY["batch_size"],
+                  train_from_scratch: bool = False, audit_shipped: Sequence[str] = (),
+                  seed: int = 0, log=print) -> dict[str, Any]:
+    """Train (or load) every DP-GAN of the study and measure it; returns ``{"metrics", "runs"}``.
+
+    ``metrics`` holds, for each epsilon E (``eps_tag``: eps1, eps3, eps10, epsinf) at one D step
+    per G step, ``<tag>/fd_ratio`` (classifier space), ``/ae_fd_ratio`` (autoencoder space),
+    ``/precision``, ``/recall``, ``/tstr_auc``, ``/tstr_over_trtr``, ``/mia_auc`` (GAN-Leaks,
+    classifier space), ``/ae_mia_auc``, ``/d_mia_auc`` (white-box), ``/epsilon_spent``,
+    ``/noise_multiplier``, ``/train_seconds``; the same under ``<tag>/nd<K>/...`` for the D-steps
+    study; ``trtr_auc``; and ``audit/<name>/...`` for each shipped generator in ``audit_shipped``.
+    """
+    from .data.ct import load_split
+    from .pretrained import load
+    from .utils import CHECKPOINT_DIR
+
+    train, val, test = (load_split(dataset, s, size) for s in ("train", "val", "test"))
+    metrics: dict[str, float] = {}
+    runs: dict[str, Any] = {}
+    trtr = tstr_auc(None, train, val, test, seed, arm="real")
+    metrics["trtr_auc"] = trtr["auc"]
+    log(f"TRTR (real training split) test AUC {trtr['auc']:.3f}")
+    arms = [(e, 1) for e in epsilons] + [(e, k) for e in n_d_epsilons for k in n_ds if k != 1]
+    for eps, n_d in arms:
+        t0 = time.perf_counter()
+        gan, hist, source = load_or_train_dp(train, eps, n_d, d_steps=d_steps, batch_size=batch_size,
+                                             train_from_scratch=train_from_scratch, seed=seed)
+        meta = load(CHECKPOINT_DIR / f"{shipped_name(eps, n_d, dataset)}.safetensors")[1] \
+            if source == "shipped" else {"privacy": gan.privacy_facts(), "wall_s": hist.wall_s}
+        a = audit(gan, dataset, size, seed=seed, members=train, nonmembers=val, with_discriminator=True)
+        syn = tstr_auc(gan, train, val, test, seed)
+        priv = meta["privacy"]
+        row = {"fd_ratio": a["classifier_fd_ratio"], "ae_fd_ratio": a["autoencoder_fd_ratio"],
+               "precision": a["classifier_precision"], "recall": a["classifier_recall"],
+               "tstr_auc": syn["auc"], "tstr_over_trtr": syn["auc"] / trtr["auc"],
+               "mia_auc": a["classifier_mia_auc"], "ae_mia_auc": a["autoencoder_mia_auc"],
+               "d_mia_auc": a["d_mia_auc"], "nn_ratio": a["classifier_nn_ratio"],
+               "epsilon_spent": (math.inf if priv["epsilon_spent"] == "inf" else float(priv["epsilon_spent"])),
+               "noise_multiplier": float(priv["noise_multiplier"]),
+               "train_seconds": float(meta.get("wall_s", hist.wall_s))}
+        tag = eps_tag(eps) if n_d == 1 else key(eps_tag(eps), f"nd{n_d}")
+        metrics.update(_prefix(tag, row))
+        runs[tag] = {"source": source, "audit": a, "privacy": priv, "history": hist.records}
+        log(f"{tag}: eps spent {row['epsilon_spent']:.3g} (sigma {row['noise_multiplier']:.3g}), FD/floor "
+            f"{row['fd_ratio']:.1f}, recall {row['recall']:.2f}, TSTR {row['tstr_auc']:.3f} "
+            f"({row['tstr_over_trtr']:.2f} x TRTR), MIA {row['mia_auc']:.3f}, D-MIA {row['d_mia_auc']:.3f} "
+            f"[{source}, {time.perf_counter() - t0:.0f} s]")
+    for name in audit_shipped:
+        gan, meta = load(CHECKPOINT_DIR / f"{name}.safetensors")
+        a = audit(gan, dataset, size, seed=seed)
+        metrics.update(_prefix(key("audit", name), {k: a[k] for k in (
+            "classifier_mia_auc", "autoencoder_mia_auc", "classifier_nn_ratio", "classifier_fd_ratio")}))
+        log(f"audit {name}: MIA {a['classifier_mia_auc']:.3f} / {a['autoencoder_mia_auc']:.3f}")
+    return {"metrics": metrics, "runs": runs,
+            "recipe": {"dataset": dataset, "size": size, "d_steps": d_steps, "batch_size": batch_size,
+                       "delta": STUDY["delta"], "seed": seed}}
