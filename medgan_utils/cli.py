@@ -621,7 +621,7 @@ AUDITED = ("gan_pneumoniamnist_28", "dcgan_pneumoniamnist_28", "wgan-gp_pneumoni
 
 def cmd_privacy(ns) -> int:
     from .pretrained import load
-    from .privacy import STUDY, audit, privacy_study
+    from .privacy import STUDY, audit, privacy_study, study_arms
     from .utils import CHECKPOINT_DIR, git_commit, write_json
 
     _setup(ns)
@@ -638,8 +638,9 @@ def cmd_privacy(ns) -> int:
     if ns.names:
         raise SystemExit("`medgan privacy study` takes no names (they are for `audit`)")
     out = ns.out or Path("results") / "09_privacy_study.json"
-    res = privacy_study(dataset=ns.dataset, size=ns.size, epsilons=ns.epsilons or STUDY["epsilons"],
-                        n_ds=ns.n_ds or STUDY["n_ds"], d_steps=ns.d_steps or STUDY["d_steps"],
+    arms = study_arms(ns.epsilons or STUDY["epsilons"], ns.n_ds or STUDY["n_ds"],
+                      STUDY["extra"] if ns.epsilons is None and ns.n_ds is None else ())
+    res = privacy_study(dataset=ns.dataset, size=ns.size, arms=arms, d_steps=ns.d_steps or STUDY["d_steps"],
                         train_from_scratch=ns.train_from_scratch, seed=ns.seed,
                         audit_shipped=[a for a in AUDITED if (CHECKPOINT_DIR / f"{a}.safetensors").exists()])
     write_json(out, {**res, "commit": git_commit(), "command": "medgan " + " ".join(sys.argv[1:])})

@@ -433,6 +433,8 @@ def _dp_prepare(model: DPGAN, loader: Any, fit_config: FitConfig) -> list[tuple[
                          "the privacy accounting assumes them")
     d_steps = fit_config.steps * model.config.n_critic
     model.make_private(loader.sample_rate, d_steps, loader.batch_size)
+    if model.sampling_seed is not None:  # secret batches; the loader's state (with it) stays local
+        loader.seed = model.sampling_seed
     every = max(1, len(loader) // model.config.n_critic)  # fit steps per epoch of D steps
 
     def epsilon(step: int, m: DPGAN, logs: Mapping[str, float]) -> dict[str, float]:
@@ -446,6 +448,10 @@ def _dp_facts(model: DPGAN) -> dict[str, Any]:
     return {**_gan_facts(model), "privacy": model.privacy_facts()}
 
 
+def _dp_restore(header: Mapping[str, Any], config: DPGANConfig) -> dict[str, Any]:
+    return {**_gan_restore(header, config), "privacy": header.get("privacy")}
+
+
 register(ModelKind(
     "dpgan", DPGANConfig, DPGAN, presets=DP_PRESETS,
     description="the differentially private conditional GAN of chapter 09 (Opacus DP-SGD on D)",
@@ -454,7 +460,7 @@ register(ModelKind(
     data_fields=lambda data, conditional: _image_fields(data, True),  # TSTR needs labelled fakes
     build_kwargs=_gan_build_kwargs,
     header_facts=_dp_facts,
-    restore_kwargs=_gan_restore,
+    restore_kwargs=_dp_restore,
     loader=_poisson_loader,
     prepare=_dp_prepare,
     # G (the EMA one) samples; D ships too, for chapter 09's white-box membership attack.

@@ -276,18 +276,20 @@ def _check_same_model(ckpt: Path, meta: Mapping[str, Any]) -> None:
 
 def _resume(ckpt: Path, model: Trainable, data: Any, out: Path) -> tuple[int, History]:
     try:
-        loaded = load_checkpoint(ckpt, model.modules(), with_state=True)
+        state = load_checkpoint(ckpt, with_state=True)["state"]
+        # The model's own state first: a model may refuse the resume (chapter 09's DP-GAN refuses
+        # another privacy plan), and then nothing of the caller's model has changed yet.
+        if state.get("model") and callable(getattr(model, "load_state_dict", None)):
+            model.load_state_dict(state["model"])
+        load_checkpoint(ckpt, model.modules())
     except CheckpointError as err:
         raise CheckpointError(f"cannot resume from {ckpt}: {err}. Pass resume=False or "
                               "delete the folder to start over.") from None
-    state = loaded["state"]
     for name, opt in model.optimizers().items():
         opt.load_state_dict(state["optimizers"][name])
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
-    if state.get("model") and callable(getattr(model, "load_state_dict", None)):
-        model.load_state_dict(state["model"])
     if state.get("data") and hasattr(data, "load_state_dict"):
         data.load_state_dict(state["data"])
     hist_path = out / "history.json"

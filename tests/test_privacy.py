@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -88,14 +89,20 @@ def test_empty_poisson_batches_still_add_noise_and_are_charged():
     assert sum(k for _, _, k in gan.accountant.history) == 60, "every step is charged, empty or not"
     assert all(math.isfinite(v) for r in hist.records for v in r.values())
     before = {k: v.clone() for k, v in gan.D.state_dict().items()}
+    before_empty = gan.empty_batches
     empty = (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
     gan.planned_d_steps += 1
-    assert gan.d_step(empty) == {"empty_batch": 1.0}
+    assert gan.d_step(empty) == {} and gan.empty_batches == before_empty + 1
     assert any(not torch.equal(before[k], v) for k, v in gan.D.state_dict().items()), \
         "an empty private step still moves D by the noise"
 
 
-def test_a_killed_run_resumes_to_the_same_weights_and_budget(tmp_path):
+def test_a_killed_run_resumes_to_the_same_weights_and_budget(tmp_path, monkeypatch):
+    import random
+
+    # The secret seeds, made repeatable here so that a resumed run can be compared bit for bit
+    # with an uninterrupted one; the resume must restore them from its own state either way.
+    monkeypatch.setattr("medgan_utils.models.dpgan.secrets.SystemRandom", lambda: random.Random(7))
     data = _arrays(120)
     cfg = DPGANConfig(**SMALL, epsilon=2.0)
     full, _ = _train(cfg, data, steps=12, batch_size=12, out_dir=tmp_path / "full")
@@ -104,7 +111,8 @@ def test_a_killed_run_resumes_to_the_same_weights_and_budget(tmp_path):
            callbacks=stop_once)
     resumed, _ = _train(cfg, data, steps=12, batch_size=12, out_dir=tmp_path / "part", ckpt_every=3)
     assert resumed.d_steps == 12 and resumed.epsilon() == pytest.approx(full.epsilon())
-    for a, b in zip(full.G.state_dict().values(), resumed.G.state_dict().values(), strict=True):
+    for a, b in zip([*full.G.state_dict().values(), *full.D.state_dict().values()],
+                    [*resumed.G.state_dict().values(), *resumed.D.state_dict().values()], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # A resume that would plan another noise level is refused, and says why.
     with pytest.raises(ValueError, match="same --steps"):
@@ -154,3 +162,60 @@ def test_attack_auc_is_the_probability_a_member_outscores_a_nonmember():
     assert attack_auc(np.array([1.0, 3.0]), np.array([2.0, 4.0])) == 0.25
     with pytest.raises(ValueError, match="members and non-members"):
         attack_auc(np.array([]), np.array([1.0]))
+
+
+def test_each_pair_depends_on_its_own_record_only():
+    """Dropping record k from a batch must leave every other pair's per-sample gradient as it was:
+    the premise of clipping per pair (G's BatchNorm in batch mode would break it)."""
+    data = _arrays(12)
+    gan = DPGAN(DPGANConfig(**{**SMALL, "aux_weight": 1.0}, epsilon=5.0, private_rng=False))
+    gan.make_private(0.5, 10, 6)
+    gan.opt_D.noise_multiplier = 0.0
+    for group in gan.opt_D.param_groups:
+        group["lr"] = 0.0  # D stays put, so both steps see the same D
+    z = torch.randn(8, SMALL["latent_dim"], generator=torch.Generator().manual_seed(3))
+    keep = [0, 1, 2, 3, 4, 5, 7]  # record 6 removed; each record keeps its fake's z
+    noises = iter([z, z[keep]])
+    gan._noise = lambda n, generator=None: next(noises)
+    grads = []
+    gan.opt_D.attach_step_hook(lambda opt: grads.append([g.clone() for g in opt.grad_samples]))
+    x = torch.as_tensor(data.images[:8]).float().div(127.5).sub(1).unsqueeze(1)
+    y = torch.as_tensor(data.labels[:8]).long()
+    gan.d_step((x, y))
+    gan.d_step((x[keep], y[keep]))
+    assert len(grads) == 2
+    for full, minus in zip(*grads, strict=True):  # equal up to float reordering across batch sizes
+        torch.testing.assert_close(full[keep], minus, rtol=1e-4, atol=1e-4 * float(full.abs().max()))
+
+
+def test_a_private_history_holds_nothing_computed_from_real_batches(tmp_path):
+    data = _arrays(100)
+    gan, hist = _train(DPGANConfig(**SMALL, epsilon=3.0), data, steps=6, batch_size=20)
+    keys = {k for r in hist.records for k in r}
+    assert keys <= {"step", "wall_s", "epsilon", "loss_G", "G_grad_norm", "aux_G", "aux_acc_fake"}, keys
+    assert "loss_G" in keys
+    twin, twin_hist = _train(DPGANConfig(**SMALL, epsilon=math.inf), data, steps=6, batch_size=20)
+    assert "D_real" in {k for r in twin_hist.records for k in r}, "the non-private twin logs as any GAN"
+
+
+def test_noise_and_batches_come_from_a_secret_seed_unless_asked(tmp_path):
+    data = _arrays(100)
+    runs = {}
+    for private_rng in (True, False):
+        for i in range(2):
+            gan, hist = _train(DPGANConfig(**SMALL, epsilon=3.0, private_rng=private_rng), data, steps=4,
+                               batch_size=20)
+            runs[private_rng, i] = torch.cat([p.detach().reshape(-1) for p in gan.D.parameters()])
+    assert not torch.equal(runs[True, 0], runs[True, 1]), "the same public seed must not fix the DP noise"
+    assert torch.equal(runs[False, 0], runs[False, 1]), "private_rng=False repeats exactly (teaching only)"
+    path = export(gan, tmp_path / "dp.safetensors", hist)
+    header = json.dumps(read_metadata(path))
+    assert "noise_rng" not in header and "sampling_seed" not in header
+    served, _ = load(path)
+    assert served.epsilon() == pytest.approx(gan.epsilon()) and served.privacy_facts()["d_steps"] == 4
+
+
+def test_delta_must_be_below_one_over_n():
+    gan = DPGAN(DPGANConfig(**SMALL, epsilon=1.0, delta=0.01))
+    with pytest.raises(ValueError, match="1/N"):
+        gan.make_private(0.1, 10, 20)  # N = 200: delta 0.01 > 0.005

@@ -206,13 +206,17 @@ class GAN:
             x = diff_augment(x, self.config.diffaugment)
         return self.D(x, y if self.config.num_classes else None, return_aux=return_aux)
 
+    @torch.no_grad()
+    def fakes_for_d(self, n: int, y: torch.Tensor | None) -> torch.Tensor:
+        """The ``n`` fakes (labels ``y``) of one D step, from G as it trains (BatchNorm in batch mode)."""
+        return self.G(self._noise(n), y)
+
     def d_step(self, batch) -> dict[str, float]:
         """One discriminator/critic update on a batch ``(images (B,C,H,W) in [-1,1], labels (B,))``."""
         real, y = self._unpack(batch)
         self.G.train()
         self.D.train()
-        with torch.no_grad():
-            fake = self.G(self._noise(real.shape[0]), y)
+        fake = self.fakes_for_d(real.shape[0], y)
         aux = self.config.aux_weight > 0
         real_out, fake_out = self._d(real, y, return_aux=aux), self._d(fake, y)
         logs: dict[str, float] = {}
