@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "`audit NAME...` audits shipped generators only. One DP-GAN: "
                                     "`medgan train dp-gan --epsilon 10`.")
     pv.add_argument("action", choices=["study", "audit"])
-    pv.add_argument("names", nargs="*", help="audit: shipped generators (checkpoints/<name>.safetensors)")
+    pv.add_argument("names", nargs="*", help="audit: shipped generators (checkpoints/<name>.safetensors) or paths "
+                                              "to .safetensors exports (default: the course's non-private ones)")
     pv.add_argument("--epsilons", type=float, nargs="+", default=None, help="study: targets (inf allowed)")
     pv.add_argument("--n-ds", type=int, nargs="+", default=None, help="study: D steps per G step")
     pv.add_argument("--d-steps", type=int, default=None, help="study: private D steps per model")
@@ -627,9 +628,9 @@ def cmd_privacy(ns) -> int:
     _setup(ns)
     if ns.action == "audit":
         for name in ns.names or AUDITED:
-            path = CHECKPOINT_DIR / f"{name}.safetensors"
+            path = Path(name) if name.endswith(".safetensors") else CHECKPOINT_DIR / f"{name}.safetensors"
             if not path.exists():
-                raise SystemExit(f"no shipped generator {path}")
+                raise SystemExit(f"no generator at {path} (give a shipped name or a .safetensors path)")
             gan, meta = load(path)
             res = audit(gan, meta.get("dataset", ns.dataset), meta.get("size", ns.size), seed=ns.seed,
                         with_discriminator=meta.get("kind") == "dpgan")

@@ -219,3 +219,21 @@ def test_delta_must_be_below_one_over_n():
     gan = DPGAN(DPGANConfig(**SMALL, epsilon=1.0, delta=0.01))
     with pytest.raises(ValueError, match="1/N"):
         gan.make_private(0.1, 10, 20)  # N = 200: delta 0.01 > 0.005
+
+
+def test_the_cli_trains_a_dp_gan_to_its_epsilon_and_audits_it(tmp_path, medmnist_root, capsys):
+    from medgan_utils import cli
+
+    out = tmp_path / "run"
+    cli.main(["train", "dp-gan", "--dataset", "breastmnist", "--root", str(medmnist_root), "--epsilon", "5",
+              "--steps", "6", "--batch-size", "32", "--width", "8", "--latent-dim", "16", "--out", str(out),
+              "--device", "cpu"])
+    export_path = out / "dp-gan_breastmnist_28.safetensors"
+    meta = read_metadata(export_path)
+    assert meta["kind"] == "dpgan" and meta["config"]["num_classes"] == 2, "class-conditional by design"
+    assert 4.9 < meta["privacy"]["epsilon_spent"] <= 5.0 and meta["privacy"]["sample_rate"] == pytest.approx(32 / 546)
+    capsys.readouterr()
+    cli.main(["privacy", "audit", str(export_path), "--root", str(medmnist_root)])
+    report = json.loads(capsys.readouterr().out)
+    assert 0 <= report["classifier_mia_auc"] <= 1 and 0 <= report["d_mia_auc"] <= 1
+    assert report["classifier_nn_ratio"] > 0
