@@ -639,8 +639,9 @@ def cmd_privacy(ns) -> int:
     if ns.names:
         raise SystemExit("`medgan privacy study` takes no names (they are for `audit`)")
     out = ns.out or Path("results") / "09_privacy_study.json"
-    arms = study_arms(ns.epsilons or STUDY["epsilons"], ns.n_ds or STUDY["n_ds"],
-                      STUDY["extra"] if ns.epsilons is None and ns.n_ds is None else ())
+    # The whole study (with its extra arms and generator seeds) unless some arms are asked for.
+    arms = (None if ns.epsilons is None and ns.n_ds is None
+            else study_arms(ns.epsilons or STUDY["epsilons"], ns.n_ds or STUDY["n_ds"], ()))
     res = privacy_study(dataset=ns.dataset, size=ns.size, arms=arms, d_steps=ns.d_steps or STUDY["d_steps"],
                         train_from_scratch=ns.train_from_scratch, seed=ns.seed,
                         audit_shipped=[a for a in AUDITED if (CHECKPOINT_DIR / f"{a}.safetensors").exists()])

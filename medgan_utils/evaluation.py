@@ -461,15 +461,18 @@ def fd_to_reference(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
 
 
 def membership_audit(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
-                     member_images: torch.Tensor | None = None, space: str = "classifier",
+                     member_images: torch.Tensor | None = None,
+                     nonmember_images: torch.Tensor | None = None, space: str = "classifier",
                      seed: int = 0) -> dict[str, float]:
     """The black-box membership-inference attack (:func:`medgan_utils.metrics.membership_auc`)
     on a generator of ``dataset``, in ``space``'s features, at equal n.
 
     Members are the images the generator trained on: ``member_images`` (float (N, C, H, W) in
     [-1, 1], e.g. one hospital's share in chapter 08), else the whole training split. Non-members
-    are the validation split, real images no generator of the course trained on. ``mia_auc``
-    near 0.5: the generated images do not betray who was in the training set.
+    are ``nonmember_images``, else the validation split, real images no generator of the course
+    trained on (a generator trained on BreastMNIST's training part, ``--holdout-reference``,
+    has the other half as non-members of its own distribution). ``mia_auc`` near 0.5: the
+    generated images do not betray who was in the training set.
 
     Non-members must come from the members' own distribution. The validation split has the data
     set's overall class mix, so for a skewed member set (one hospital's share) the AUC measures
@@ -481,7 +484,8 @@ def membership_audit(fake_images: torch.Tensor, dataset: str, size: int = 28, *,
     s = _sets(space, dataset, size)
     feats = network_features(net, fake_images.detach().float().cpu())
     members = s["train"] if member_images is None else network_features(net, member_images.float().cpu())
-    return membership_auc(members, s["val"], feats, seed=seed)
+    non = s["val"] if nonmember_images is None else network_features(net, nonmember_images.float().cpu())
+    return membership_auc(members, non, feats, seed=seed)
 
 
 def score_generator(
