@@ -269,6 +269,17 @@ def _equal_n(a: torch.Tensor, b: torch.Tensor, seed: int) -> tuple[torch.Tensor,
     return a, b
 
 
+def _real_pair_and_fakes(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str, fake: torch.Tensor,
+                         seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two real feature sets and the fakes' features, checked, on one device, the real sets at
+    equal n (:func:`_equal_n`): the common start of the nearest-neighbour comparisons."""
+    a = _as_features(a, a_name)
+    b = _as_features(b, b_name).to(a.device)
+    fake = _as_features(fake, "fake_feats").to(a.device)
+    a, b = _equal_n(a, b, seed)
+    return a, b, fake
+
+
 def memorization(
     train_feats: torch.Tensor,
     heldout_feats: torch.Tensor,
@@ -302,10 +313,8 @@ def memorization(
         ``frac_closer_to_train``: fraction of fakes whose training NN is nearer than their
         held-out NN (~0.5 fine, -> 1 copying).
     """
-    train = _as_features(train_feats, "train_feats")
-    held = _as_features(heldout_feats, "heldout_feats").to(train.device)
-    fake = _as_features(fake_feats, "fake_feats").to(train.device)
-    train, held = _equal_n(train, held, seed)
+    train, held, fake = _real_pair_and_fakes(train_feats, "train_feats", heldout_feats, "heldout_feats",
+                                             fake_feats, seed)
     d_train = _nn(fake, train, 1)[0][:, 0]
     d_held = _nn(fake, held, 1)[0][:, 0]
     med_train, med_held = float(d_train.median()), float(d_held.median())
@@ -379,10 +388,8 @@ def membership_auc(
         ``mia_auc``, and ``mia_member_median`` / ``mia_nonmember_median`` (median distances to the
         nearest fake) and ``n`` (images per side).
     """
-    member = _as_features(member_feats, "member_feats")
-    non = _as_features(nonmember_feats, "nonmember_feats").to(member.device)
-    fake = _as_features(fake_feats, "fake_feats").to(member.device)
-    member, non = _equal_n(member, non, seed)
+    member, non, fake = _real_pair_and_fakes(member_feats, "member_feats", nonmember_feats, "nonmember_feats",
+                                             fake_feats, seed)
     d_member, d_non = _nn(member, fake, 1)[0][:, 0], _nn(non, fake, 1)[0][:, 0]
     return {"mia_auc": attack_auc(-d_member, -d_non), "mia_member_median": float(d_member.median()),
             "mia_nonmember_median": float(d_non.median()), "n": float(member.shape[0])}

@@ -34,7 +34,8 @@ from .results import key
 from .train import FitConfig
 
 __all__ = [
-    "SMALL_DATA", "STUDY", "arm_tag", "audit", "discriminator_attack", "eps_tag", "membership_sets", "load_or_train_dp", "privacy_study",
+    "SMALL_DATA", "STUDY", "arm_tag", "audit", "discriminator_attack", "eps_tag", "load_or_train_dp",
+    "membership_sets", "privacy_study",
     "shipped_name", "small_data_study", "study_arms", "study_config", "tstr_auc",
 ]
 
@@ -238,6 +239,18 @@ def arm_tag(epsilon: float, n_d: int, headline_n_d: int = STUDY["headline_n_d"])
     return eps_tag(epsilon) if n_d == headline_n_d else key(eps_tag(epsilon), f"nd{n_d}")
 
 
+def _measure(gan: Any, dataset: str, size: int, train: Arrays, val: Arrays, test: Arrays, trtr_auc: float,
+             seeds: Sequence[int], seed: int) -> tuple[dict[str, float], dict[str, Any], dict[str, float]]:
+    """One study model's audit (members train, non-members validation, D attacked too), its TSTR
+    over ``seeds`` and the row every arm reports: ``(audit, tstr, row)``."""
+    a = audit(gan, dataset, size, seed=seed, with_discriminator=True)
+    syn = tstr_auc(gan, train, val, test, seeds)
+    row = {"fd_ratio": a["classifier_fd_ratio"], "precision": a["classifier_precision"],
+           "recall": a["classifier_recall"], "tstr_auc": syn["auc"], "tstr_over_trtr": syn["auc"] / trtr_auc,
+           "mia_auc": a["classifier_mia_auc"]}
+    return a, syn, row
+
+
 def privacy_study(*, dataset: str = STUDY["dataset"], size: int = STUDY["size"],
                   arms: Sequence[tuple[float, int]] | None = None,
                   d_steps: int = STUDY["d_steps"], batch_size: int = STUDY["batch_size"],
@@ -270,18 +283,15 @@ def privacy_study(*, dataset: str = STUDY["dataset"], size: int = STUDY["size"],
                                              train_from_scratch=train_from_scratch, seed=seed)
         meta = load(CHECKPOINT_DIR / f"{shipped_name(eps, n_d, dataset)}.safetensors")[1] \
             if source == "shipped" else {"privacy": gan.privacy_facts(), "wall_s": hist.wall_s}
-        a = audit(gan, dataset, size, seed=seed, with_discriminator=True)  # members train, non-members val
-        syn = tstr_auc(gan, train, val, test, seeds)
+        a, syn, row = _measure(gan, dataset, size, train, val, test, trtr["auc"], seeds, seed)
         priv = meta["privacy"]
-        row = {"fd_ratio": a["classifier_fd_ratio"], "ae_fd_ratio": a["autoencoder_fd_ratio"],
-               "precision": a["classifier_precision"], "recall": a["classifier_recall"],
-               "tstr_auc": syn["auc"], "tstr_auc_ci95": syn["auc_ci95"],
-               "tstr_over_trtr": syn["auc"] / trtr["auc"],
-               "mia_auc": a["classifier_mia_auc"], "ae_mia_auc": a["autoencoder_mia_auc"],
-               "d_mia_auc": a["d_mia_auc"], "nn_ratio": a["classifier_nn_ratio"],
-               "epsilon_spent": (math.inf if priv["epsilon_spent"] == "inf" else float(priv["epsilon_spent"])),
-               "noise_multiplier": float(priv["noise_multiplier"]),
-               "train_seconds": float(meta.get("wall_s", hist.wall_s))}
+        row.update({"ae_fd_ratio": a["autoencoder_fd_ratio"], "tstr_auc_ci95": syn["auc_ci95"],
+                    "ae_mia_auc": a["autoencoder_mia_auc"], "d_mia_auc": a["d_mia_auc"],
+                    "nn_ratio": a["classifier_nn_ratio"],
+                    "epsilon_spent": (math.inf if priv["epsilon_spent"] == "inf"
+                                      else float(priv["epsilon_spent"])),
+                    "noise_multiplier": float(priv["noise_multiplier"]),
+                    "train_seconds": float(meta.get("wall_s", hist.wall_s))})
         tag = arm_tag(eps, n_d)
         metrics.update(_prefix(tag, row))
         runs[tag] = {"source": source, "audit": a, "privacy": priv, "history": hist.records,
@@ -294,11 +304,7 @@ def privacy_study(*, dataset: str = STUDY["dataset"], size: int = STUDY["size"],
         for gs in STUDY["gan_seeds"]:
             gan, hist, source = load_or_train_dp(train, eps, n_d, d_steps=d_steps, batch_size=batch_size,
                                                  train_from_scratch=train_from_scratch, seed=gs)
-            a = audit(gan, dataset, size, seed=seed, with_discriminator=True)
-            syn = tstr_auc(gan, train, val, test, seeds)
-            row = {"fd_ratio": a["classifier_fd_ratio"], "recall": a["classifier_recall"],
-                   "precision": a["classifier_precision"], "tstr_auc": syn["auc"],
-                   "tstr_over_trtr": syn["auc"] / trtr["auc"], "mia_auc": a["classifier_mia_auc"]}
+            _, _, row = _measure(gan, dataset, size, train, val, test, trtr["auc"], seeds, seed)
             tag = key(arm_tag(eps, n_d), f"seed{gs}")
             metrics.update(_prefix(tag, row))
             log(f"{tag}: FD/floor {row['fd_ratio']:.1f}, recall {row['recall']:.2f}, TSTR {row['tstr_auc']:.3f} "
