@@ -203,20 +203,24 @@ def _diversity(out: list[str]) -> None:
     d = _load("04_cgan_diversity")
     if not d:
         return
-    m = d["metrics"]
+    m, variants = d["metrics"], d["extra"]["variants"]
     rows = []
-    for name in ("shipped_cGAN", "DCGAN_(unconditional)", "variant_A", "variant_B"):
+    for name, v in variants.items():
         g = under(m, name)
-        if key("normal", "classifier_recall") in g:
-            label = {"variant_A": "cGAN without the auxiliary term",
-                     "variant_B": "cGAN with the DCGAN's width, no DiffAugment, 3,000 steps"}.get(name, name.replace("_", " "))
-            rows.append(f"{label}: normal {_f(g[key('normal', 'classifier_recall')], 2)} / "
-                        f"{_f(g[key('normal', 'autoencoder_recall')], 2)}, pneumonia "
-                        f"{_f(g[key('pneumonia', 'classifier_recall')], 2)} / {_f(g[key('pneumonia', 'autoencoder_recall')], 2)}")
+        if key("normal", "classifier_recall") not in g:
+            continue
+        row = (f"{v['change']}{' (the chapter’s recipe)' if v.get('chapter_recipe') else ''}: normal "
+               f"{_f(g[key('normal', 'classifier_recall')], 2)} / {_f(g[key('normal', 'autoencoder_recall')], 2)}, "
+               f"pneumonia {_f(g[key('pneumonia', 'classifier_recall')], 2)} / "
+               f"{_f(g[key('pneumonia', 'autoencoder_recall')], 2)}")
+        if "tstr_over_trtr" in g:
+            row += f", TSTR/TRTR {_f(g['tstr_over_trtr'], 3)}"
+        rows.append(row)
     if rows:
-        out += [f"**Per-class diversity on PneumoniaMNIST** (`04_cgan_diversity` @ {d['commit']}; recall in the "
-                "classifier / autoencoder space, 1,000 fakes per class against the validation split): "
-                + "; ".join(rows) + ".", ""]
+        out += [f"**Per-class diversity on PneumoniaMNIST** (`{d['extra']['command']}` @ {d['commit']}; recall in the "
+                f"classifier / autoencoder space, {d['extra']['n_per_class']:,} fakes per class against the validation "
+                f"split; TSTR over classifier seeds {', '.join(map(str, d['extra']['tstr_seeds']))}, TRTR "
+                f"{_f(m['real/tstr_auc_mean'], 3)}): " + "; ".join(rows) + ".", ""]
 
 
 def _super_resolution(out: list[str]) -> None:

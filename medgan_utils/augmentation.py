@@ -57,22 +57,29 @@ def downstream_recipe(seed: int = 0) -> ClassifierTrainConfig:
 
 
 def cgan_config(train: Arrays, **overrides) -> GANConfig:
-    """The chapter's conditional GAN: DCGAN recipe, projection discriminator plus AC-GAN's
-    auxiliary classifier (``aux_weight=1``), EMA, DiffAugment (the subsets are as small as 27
-    images, where an unaugmented D memorises in minutes).
+    """The chapter's conditional GAN for ``train``'s data set: the DCGAN recipe, a projection
+    discriminator plus AC-GAN's auxiliary classifier (``aux_weight=1``) and EMA; then the data
+    set's own changes (:data:`STUDY_GAN_OVERRIDES`), then ``overrides``.
+
+    BreastMNIST (546 images, subsets down to 27) keeps width 16 and DiffAugment, without which D
+    memorises its few images in minutes. On PneumoniaMNIST the chapter-02 DCGAN's own recipe
+    (width 32, no DiffAugment, 3000 steps) replaced them: DiffAugment was what made the first
+    cGAN narrow there (``medgan experiment cgan-diversity``, :func:`diversity_study`).
 
     The auxiliary classifier was added after the first study, whose fakes carried their label
     weakly; that study is kept as ``results/04_augmentation_<dataset>_projection_only.json`` and
     notebook 04 compares the two."""
     base = dict(channels=train.n_channels, image_size=train.size, num_classes=len(train.class_names),
                 width=16, ema=0.999, diffaugment="color,translation,cutout", aux_weight=1.0)
-    return GANConfig.preset("dcgan", **{**base, **overrides})
+    return GANConfig.preset("dcgan", **{**base, **STUDY_GAN_OVERRIDES.get(train.name, {}), **overrides})
 
 
-# cGAN steps on the full training split in the stored study. BreastMNIST's 546 images got twice
-# PneumoniaMNIST's steps: its study at 2000 steps (results/04_augmentation_breastmnist_aux_2000_steps.json)
-# had the lower TSTR/TRTR; notebook 04's ablation table shows both.
-STUDY_GAN_STEPS = {"breastmnist": 4000, "pneumoniamnist": 2000}
+# The stored study's cGAN per data set: changes to cgan_config's base, and steps on the full
+# training split. BreastMNIST got 4000 steps: its study at 2000 steps
+# (results/04_augmentation_breastmnist_aux_2000_steps.json) had the lower TSTR/TRTR. PneumoniaMNIST's
+# first recipe (width 16, DiffAugment, 2000 steps) is kept in results/04_augmentation_pneumoniamnist_w16_da.json.
+STUDY_GAN_OVERRIDES: dict[str, dict] = {"pneumoniamnist": {"width": 32, "diffaugment": ""}}
+STUDY_GAN_STEPS = {"breastmnist": 4000, "pneumoniamnist": 3000}
 
 
 def study_gan_steps(dataset: str, gan_steps: int | None = None) -> int:
@@ -314,3 +321,130 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
             write_json(done, {"arms": per_fraction[fkey], "gan": gans[fkey], "gan_config": config.to_dict()})
     return {"per_fraction": per_fraction, "gans": gans, "summary": summarize_arms(per_fraction),
             "models": trained, "gan_config": config.to_dict()}
+
+
+# -- chapter 04's diversity account (issue #8) ---------------------------------------------------
+
+# cGAN recipes tried on the full training split to make the conditional generator as diverse as
+# the unconditional DCGAN: tag -> (what changed, cgan_config overrides, steps). Each is trained
+# once (subset seed 0, generator seed 0) and saved as runs/cgan_variants/cgan_<ds>_<size>_f1_<tag>.
+_DA = "color,translation,cutout"
+DIVERSITY_VARIANTS: dict[str, tuple[str, dict, int]] = {
+    "w16_da_2000": ("the first recipe: width 16, DiffAugment, aux_weight 1, 2000 steps",
+                    {"width": 16, "diffaugment": _DA}, 2000),
+    "aux0": ("the first recipe without the auxiliary classifier (aux_weight 0)",
+             {"width": 16, "diffaugment": _DA, "aux_weight": 0.0}, 2000),
+    "w32_3000": ("width 32 and 3000 steps, DiffAugment and aux_weight 1 kept", {"width": 32, "diffaugment": _DA}, 3000),
+    "w32_noda_3000": ("the DCGAN's recipe (width 32, no DiffAugment, 3000 steps), aux_weight 1 kept",
+                      {"width": 32, "diffaugment": ""}, 3000),
+    "w32_noda_aux0_3000": ("the DCGAN's recipe, projection discriminator only (aux_weight 0)",
+                           {"width": 32, "diffaugment": "", "aux_weight": 0.0}, 3000),
+}
+
+
+def _variant(train: Arrays, tag: str, overrides: dict, steps: int, work: Path, device, log) -> tuple[GAN, dict]:
+    """The variant's cGAN from ``work`` if its config and steps match, else trained and saved there."""
+    config = cgan_config(train, **overrides)
+    path = work / f"cgan_{train.name}_{train.size}_f1_{tag}.safetensors"
+    if path.exists():
+        gan, meta = load(path, device)
+        if gan.config == config and meta.get("steps") == steps:
+            return gan, {"file": str(path), **meta}
+        log(f"{path}: another config or step count, retraining")
+    idx = stratified_subset(train.labels, 1.0, seed=0)
+    t0 = time.perf_counter()
+    gan, hist = train_cgan(train.images[idx], train.labels[idx], config, steps, seed=0, device=device)
+    secs = round(time.perf_counter() - t0, 1)
+    work.mkdir(parents=True, exist_ok=True)
+    export(gan, path, hist, dataset=train.name, size=train.size, fraction=1.0, n_real=int(len(idx)), steps=steps,
+           subset_seed=0, train_seconds=secs, train_threads=torch.get_num_threads())
+    log(f"trained {tag}: {steps} steps, {secs:.0f} s")
+    return gan, {"file": str(path), "steps": steps, "train_seconds": secs, "train_threads": torch.get_num_threads()}
+
+
+def diversity_study(train: Arrays, val: Arrays, test: Arrays, variants: dict | None = None,
+                    dcgan: str | os.PathLike | None = None,
+                    work_dir: str | os.PathLike = "runs/cgan_variants", n_per_class: int = 1000,
+                    seed: int = 0, tstr_seeds: Sequence[int] = (0, 1, 2),
+                    device: torch.device | str = "cpu", log=print) -> dict:
+    """Per-class diversity, fidelity and TSTR of cGAN recipes beside the unconditional DCGAN.
+
+    Each recipe of ``variants`` (default :data:`DIVERSITY_VARIANTS`) is trained once on the whole
+    training split (or loaded from ``work_dir``); the one equal to :func:`cgan_config` at
+    :func:`study_gan_steps` is marked ``chapter_recipe`` (it is the study's 100 % cGAN).
+
+    Every generator is scored the same way: ``n_per_class`` fakes of each class (noise seed
+    ``seed + 1``) by :func:`~.evaluation.score_per_class` in both feature spaces; ``2 *
+    n_per_class`` fakes at the class prior (seed ``seed + 2``) by
+    :func:`~.evaluation.score_generator`; the shipped classifier's AUC on fakes of known label;
+    and TSTR, the downstream recipe trained on as many fakes as the training split has (its
+    labels) for each of ``tstr_seeds``, beside the same recipe on the real split (TRTR). The
+    DCGAN has no labels: 5x the fakes are drawn and the shipped classifier labels them.
+
+    Returns ``{"metrics": flat numbers, "variants": per generator rows}``.
+    """
+    from .evaluation import classifier_labels, score_generator, score_per_class
+    from .classify import load_extractor
+    from .utils import CHECKPOINT_DIR
+
+    work = Path(work_dir)
+    variants = DIVERSITY_VARIANTS if variants is None else variants
+    dcgan = Path(dcgan or CHECKPOINT_DIR / f"dcgan_{train.name}_{train.size}.safetensors")
+    judge = load_extractor(train.name, train.size, device)
+    idx = stratified_subset(train.labels, 1.0, seed=0)
+    images, labels = train.images[idx], train.labels[idx]
+    n_classes = len(train.class_names)
+    y = torch.arange(n_classes).repeat_interleave(n_per_class)
+    gens: dict[str, tuple[GAN, dict, str]] = {}
+    for tag, (change, overrides, steps) in variants.items():
+        gan, meta = _variant(train, tag, overrides, steps, work, device, log)
+        gens[tag] = (gan, meta, change)
+    rows: dict[str, dict] = {}
+    real = run_arms(images, labels, None, val, test, tstr_seeds, ("real",), device)["real"]
+    for name, (gan, meta, change) in gens.items():
+        x = gan.sample(len(y), labels=y, generator=torch.Generator().manual_seed(seed + 1))
+        fakes = gan.sample(2000, labels=torch.as_tensor(np.arange(2000) % n_classes),
+                           generator=torch.Generator().manual_seed(seed + 2))
+        tstr = run_arms(images, labels, gan, val, test, tstr_seeds, ("synthetic",), device)["synthetic"]
+        rows[name] = {"change": change, "file": meta["file"], "steps": meta.get("steps"),
+                      "train_seconds": meta.get("train_seconds", meta.get("wall_s")),
+                      "train_threads": meta.get("train_threads"), "config": gan.config.to_dict(),
+                      "chapter_recipe": (gan.config == cgan_config(train)
+                                         and meta.get("steps") == study_gan_steps(train.name)),
+                      "per_class": (pc := score_per_class(x, y, train.name, train.size, n=n_per_class,
+                                                          seed=seed))["classes"],
+                      "whole": score_generator(gan.sample(len(y), generator=torch.Generator().manual_seed(seed + 2)),
+                                               train.name, train.size, seed=seed),
+                      "judge_auc_on_fakes": auc_acc(predict_proba(judge, fakes), np.arange(2000) % n_classes)["auc"],
+                      "tstr": [r["auc"] for r in tstr]}
+        log(f"{name}: " + ", ".join(f"{c} recall {r['classifier_recall']:.2f}/{r['autoencoder_recall']:.2f}"
+                                    for c, r in rows[name]["per_class"].items())
+            + f", TSTR {np.mean(rows[name]['tstr']):.3f}")
+    dc, dmeta = load(dcgan, device)
+    x = dc.sample(5 * n_per_class, generator=torch.Generator().manual_seed(seed + 1))
+    n_dc = int(min(n_per_class, np.bincount(classifier_labels(x, train.name, train.size), minlength=n_classes).min()))
+    rows["dcgan"] = {"change": "the chapter-02 DCGAN (unconditional), fakes labelled by the shipped classifier",
+                     "file": str(dcgan), "steps": dmeta.get("steps"), "train_seconds": dmeta.get("wall_s"),
+                     "train_threads": None, "config": dc.config.to_dict(), "n_per_class": n_dc,
+                     "per_class": score_per_class(x, None, train.name, train.size, n=n_dc, seed=seed)["classes"],
+                     "whole": score_generator(x[:len(y)], train.name, train.size, seed=seed)}
+    metrics: dict[str, float] = {"real/tstr_auc_mean": float(np.mean([r["auc"] for r in real]))}
+    for name, row in rows.items():
+        for cls, r in row["per_class"].items():
+            for s in ("classifier", "autoencoder"):
+                for m in ("recall", "coverage", "precision"):
+                    metrics[key(name, cls, f"{s}_{m}")] = r[f"{s}_{m}"]
+                    metrics[key("real", cls, f"{s}_{m}")] = r[f"{s}_floor_{m}"]
+                if name != "dcgan":
+                    metrics[key(name, cls, f"{s}_recall_gap_to_dcgan")] = (
+                        rows["dcgan"]["per_class"][cls][f"{s}_recall"] - r[f"{s}_recall"])
+        for s in ("classifier", "autoencoder"):
+            for m in ("recall", "precision", "fd_ratio"):
+                metrics[key(name, "all", f"{s}_{m}")] = row["whole"][f"{s}_{m}"]
+        if "tstr" in row:
+            metrics[key(name, "judge_auc_on_fakes")] = row["judge_auc_on_fakes"]
+            metrics[key(name, "tstr_auc_mean")] = float(np.mean(row["tstr"]))
+            metrics[key(name, "tstr_over_trtr")] = float(np.mean(row["tstr"])) / metrics["real/tstr_auc_mean"]
+    return {"metrics": metrics, "variants": rows, "trtr": [r["auc"] for r in real],
+            "reference": pc["reference"],
+            "n_per_class": n_per_class, "tstr_seeds": list(tstr_seeds)}

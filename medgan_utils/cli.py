@@ -223,13 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "notebook's quick numbers change on purpose)")
 
     ex = sub.add_parser("experiment", help="the grids behind chapter 03 (writes results/03_*.json)")
-    ex.add_argument("which", choices=["stability", "small-data", "augmentation"],
+    ex.add_argument("which", choices=["stability", "small-data", "augmentation", "cgan-diversity"],
                     help="stability: DCGAN vs WGAN-GP over learning rates and seeds (FD over training, "
                          "divergence, class coverage); small-data: EMA and DiffAugment on a small set; "
-                         "augmentation: chapter 04's conditional-GAN augmentation grid")
+                         "augmentation: chapter 04's conditional-GAN augmentation grid; cgan-diversity: "
+                         "chapter 04's cGAN recipes against the DCGAN, per class (results/04_cgan_diversity.json)")
     _data_args(ex)
     ex.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 2e-3])
-    ex.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ex.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="seeds (stability, small-data: GAN seeds, default 0 1; augmentation: classifier "
+                         "seeds, default 0 1; cgan-diversity: TSTR classifier seeds, default 0 1 2)")
     ex.add_argument("--steps", type=int, default=800, help="generator steps per run")
     ex.add_argument("--eval-every", type=int, default=100, help="steps between FD evaluations")
     ex.add_argument("--n-eval", type=int, default=1000, help="images per FD evaluation")
@@ -558,6 +561,9 @@ def cmd_experiment(ns) -> int:
     device = _setup(ns)
     if ns.which == "augmentation":
         return _augmentation(ns, device)
+    if ns.which == "cgan-diversity":
+        return _cgan_diversity(ns, device)
+    ns.seeds = ns.seeds or [0, 1]
     train = load_arrays(ns.dataset, "train", ns.size, ns.root)
     extractor = load_extractor(ns.dataset, ns.size, device)
     run = start_run(ns.name or f"03_{ns.which.replace('-', '_')}", vars(ns) | {"root": None}, device)
@@ -591,10 +597,27 @@ def cmd_train_cgan(ns) -> int:
     return 0
 
 
+def _cgan_diversity(ns, device) -> int:
+    from .augmentation import diversity_study
+    from .data import load_arrays
+    from .results import start_run
+
+    ns.seeds = ns.seeds or [0, 1, 2]
+    tr, va, te = (load_arrays(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))
+    name = ns.name or "04_cgan_diversity"
+    run = start_run(name, vars(ns) | {"root": None}, device)
+    res = diversity_study(tr, va, te, seed=ns.seed, tstr_seeds=ns.seeds, device=device)
+    path = run.finish(res.pop("metrics"), extra=res | {"command": "medgan " + " ".join(sys.argv[1:])})
+    print(f"wrote {path}; variant cGANs in runs/cgan_variants/")
+    return 0
+
+
 def _augmentation(ns, device) -> int:
     from .augmentation import AUGMENTATION_DATASETS, augmentation_experiment, study_gan_steps
     from .data import load_arrays
     from .results import combine_results, start_run
+
+    ns.seeds = ns.seeds or [0, 1]
 
     ns.gan_steps = study_gan_steps(ns.dataset, ns.gan_steps)
     tr, va, te = (load_arrays(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))

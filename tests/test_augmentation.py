@@ -81,7 +81,8 @@ def test_cgan_steps_scale_with_sqrt_fraction():
 
 def test_study_gan_steps_default_per_dataset():
     assert aug.study_gan_steps("breastmnist") == 4000
-    assert aug.study_gan_steps("pneumoniamnist") == 2000 == aug.study_gan_steps("dermamnist")
+    assert aug.study_gan_steps("pneumoniamnist") == 3000
+    assert aug.study_gan_steps("dermamnist") == 2000
     assert aug.study_gan_steps("breastmnist", 123) == 123
 
 
@@ -281,3 +282,32 @@ def test_resummarize_rewrites_only_the_metrics_from_the_per_seed_runs(tmp_path):
         aug.resummarize("plain", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="experiment augmentation"):
         aug.resummarize("missing", root=tmp_path)
+
+
+def test_cgan_recipe_per_dataset(breast, medmnist_root):
+    train, _, _ = breast
+    b = aug.cgan_config(train)
+    assert (b.width, b.diffaugment, b.aux_weight) == (16, "color,translation,cutout", 1.0)  # few images: DiffAugment
+    p = aug.cgan_config(load_arrays("pneumoniamnist", "val", root=medmnist_root))
+    assert (p.width, p.diffaugment, p.aux_weight, p.num_classes) == (32, "", 1.0, 2)  # the DCGAN's recipe
+    assert aug.cgan_config(train, width=8).width == 8  # explicit overrides win
+
+
+def test_diversity_variant_is_reused_only_with_its_config_and_steps(breast, tmp_path):
+    train, _, _ = breast
+    small = Arrays(train.name, train.split, train.size, train.images[:64], train.labels[:64])
+    over = {"width": 4, "latent_dim": 8}
+    logs = []
+    gan, meta = aug._variant(small, "t", over, 2, tmp_path, "cpu", logs.append)
+    assert (tmp_path / "cgan_breastmnist_28_f1_t.safetensors").exists() and meta["steps"] == 2
+    assert any("trained t" in m for m in logs)
+    logs.clear()
+    again, meta2 = aug._variant(small, "t", over, 2, tmp_path, "cpu", logs.append)
+    assert meta2["file"] == meta["file"] and not logs  # loaded, not retrained
+    y = torch.tensor([0, 1, 0, 1])
+    assert torch.equal(gan.sample(4, labels=y, generator=torch.Generator().manual_seed(0)),
+                       again.sample(4, labels=y, generator=torch.Generator().manual_seed(0)))
+    _, meta3 = aug._variant(small, "t", over, 3, tmp_path, "cpu", logs.append)  # other steps: retrained
+    assert meta3["steps"] == 3 and any("retraining" in m for m in logs)
+    _, meta4 = aug._variant(small, "t", {**over, "aux_weight": 0.0}, 3, tmp_path, "cpu", logs.append)
+    assert load(tmp_path / "cgan_breastmnist_28_f1_t.safetensors")[0].config.aux_weight == 0.0
