@@ -203,7 +203,10 @@ def _diversity(out: list[str]) -> None:
     d = _load("04_cgan_diversity")
     if not d:
         return
-    m, variants = d["metrics"], d["extra"]["variants"]
+    m, extra = d["metrics"], d.get("extra", {})
+    variants = extra.get("variants")
+    if not isinstance(variants, dict) or "real/tstr_auc_mean" not in m:
+        return  # an older format of the file: nothing this section can read
     rows = []
     for name, v in variants.items():
         g = under(m, name)
@@ -217,9 +220,9 @@ def _diversity(out: list[str]) -> None:
             row += f", TSTR/TRTR {_f(g['tstr_over_trtr'], 3)}"
         rows.append(row)
     if rows:
-        out += [f"**Per-class diversity on PneumoniaMNIST** (`{d['extra']['command']}` @ {d['commit']}; recall in the "
-                f"classifier / autoencoder space, {d['extra']['n_per_class']:,} fakes per class against the validation "
-                f"split; TSTR over classifier seeds {', '.join(map(str, d['extra']['tstr_seeds']))}, TRTR "
+        out += [f"**Per-class diversity on PneumoniaMNIST** (`{extra.get('command')}` @ {d['commit']}; recall in the "
+                f"classifier / autoencoder space, {extra.get('n_per_class', 0):,} fakes per class against the validation "
+                f"split; TSTR over classifier seeds {', '.join(map(str, extra.get('tstr_seeds', [])))}, TRTR "
                 f"{_f(m['real/tstr_auc_mean'], 3)}): " + "; ".join(rows) + ".", ""]
 
 

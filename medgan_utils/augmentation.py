@@ -346,12 +346,13 @@ def _variant(train: Arrays, tag: str, overrides: dict, steps: int, work: Path, d
     """The variant's cGAN from ``work`` if its config and steps match, else trained and saved there."""
     config = cgan_config(train, **overrides)
     path = work / f"cgan_{train.name}_{train.size}_f1_{tag}.safetensors"
+    idx = stratified_subset(train.labels, 1.0, seed=0)
     if path.exists():
         gan, meta = load(path, device)
-        if gan.config == config and meta.get("steps") == steps:
+        if (gan.config == config and meta.get("steps") == steps and meta.get("dataset") == train.name
+                and meta.get("n_real") == len(idx) and meta.get("subset_seed") == 0):
             return gan, {"file": str(path), **meta}
-        log(f"{path}: another config or step count, retraining")
-    idx = stratified_subset(train.labels, 1.0, seed=0)
+        log(f"{path}: another config, step count or training set, retraining")
     t0 = time.perf_counter()
     gan, hist = train_cgan(train.images[idx], train.labels[idx], config, steps, seed=0, device=device)
     secs = round(time.perf_counter() - t0, 1)
@@ -381,8 +382,14 @@ def diversity_study(train: Arrays, val: Arrays, test: Arrays, variants: dict | N
     labels) for each of ``tstr_seeds``, beside the same recipe on the real split (TRTR). The
     DCGAN has no labels: 5x the fakes are drawn and the shipped classifier labels them.
 
-    Returns ``{"metrics": flat numbers, "variants": per generator rows}``.
+    Returns ``{"metrics": flat numbers, "variants": per generator rows (tag -> change, file,
+    steps, train_seconds, config, chapter_recipe, per_class, whole, judge_auc_on_fakes, tstr),
+    "trtr": the real arm's AUC per seed, "reference": sentence, "n_per_class", "tstr_seeds"}``.
     """
+    if not variants and variants is not None:
+        raise ValueError("diversity_study needs at least one cGAN recipe")
+    if any(t in ("dcgan", "real") for t in (variants or {})):
+        raise ValueError("'dcgan' and 'real' name the study's own rows: tag the variants otherwise")
     from .evaluation import classifier_labels, score_generator, score_per_class
     from .classify import load_extractor
     from .utils import CHECKPOINT_DIR
@@ -434,7 +441,8 @@ def diversity_study(train: Arrays, val: Arrays, test: Arrays, variants: dict | N
             for s in ("classifier", "autoencoder"):
                 for m in ("recall", "coverage", "precision"):
                     metrics[key(name, cls, f"{s}_{m}")] = r[f"{s}_{m}"]
-                    metrics[key("real", cls, f"{s}_{m}")] = r[f"{s}_floor_{m}"]
+                    if name != "dcgan":  # the floor at the cGANs' n (the DCGAN's n can be smaller)
+                        metrics[key("real", cls, f"{s}_{m}")] = r[f"{s}_floor_{m}"]
                 if name != "dcgan":
                     metrics[key(name, cls, f"{s}_recall_gap_to_dcgan")] = (
                         rows["dcgan"]["per_class"][cls][f"{s}_recall"] - r[f"{s}_recall"])

@@ -238,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--n-eval", type=int, default=1000, help="images per FD evaluation")
     ex.add_argument("--batch-size", type=int, default=64)
     ex.add_argument("--name", default=None, help="results file name (default: 03_<which>, "
-                    "04_augmentation_<dataset>)")
+                    "04_augmentation_<dataset>, 04_cgan_diversity)")
     ex.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 1.0],
                     help="augmentation: training-set fractions")
     ex.add_argument("--gan-steps", type=int, default=None,
                     help="augmentation: cGAN steps on the full set, scaled by sqrt(fraction) "
-                         "(default: the stored study's, 4000 for breastmnist, else 2000)")
+                         "(default: the stored study's, 4000 for breastmnist, 3000 for pneumoniamnist, else 2000)")
     ex.add_argument("--aux-weight", type=float, default=None,
                     help="augmentation: the cGAN's AC-GAN auxiliary-classifier weight "
                          "(default: medgan_utils.augmentation.cgan_config's)")
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the AC-GAN auxiliary-classifier weight (default: cgan_config's)")
     cg.add_argument("--gan-steps", type=int, default=None,
                     help="steps on the full set, scaled by sqrt(fraction), at least 600 "
-                         "(default: the stored study's, 4000 for breastmnist, else 2000)")
+                         "(default: the stored study's, 4000 for breastmnist, 3000 for pneumoniamnist, else 2000)")
 
     fd = sub.add_parser("federated", help="chapter 08: train the GAN across simulated hospitals on Flower "
                         "(fedavg), or the same GAN pooled (centralised) or per hospital alone (local)",
@@ -602,6 +602,9 @@ def _cgan_diversity(ns, device) -> int:
     from .data import load_arrays
     from .results import start_run
 
+    if ns.dataset != "pneumoniamnist":
+        raise SystemExit("cgan-diversity compares with the shipped DCGAN, which exists for pneumoniamnist only "
+                         "(results/04_cgan_diversity.json)")
     ns.seeds = ns.seeds or [0, 1, 2]
     tr, va, te = (load_arrays(ns.dataset, s, ns.size, ns.root) for s in ("train", "val", "test"))
     name = ns.name or "04_cgan_diversity"
@@ -629,11 +632,13 @@ def _augmentation(ns, device) -> int:
     # A resumed run's wall time is only its own: the recorded compute sums every cGAN's and
     # classifier run's training time, whichever run measured it (runs kept from older studies
     # without a time count as 0).
+    clf_runs = [r for arms in res["per_fraction"].values() for runs in arms.values() for r in runs]
     compute_s = (sum(g.get("train_seconds") or 0 for g in res["gans"].values())
-                 + sum(r.get("train_seconds", 0) for arms in res["per_fraction"].values()
-                       for runs in arms.values() for r in runs))
+                 + sum(r.get("train_seconds") or 0 for r in clf_runs))
+    untimed = sum(1 for r in clf_runs if not r.get("train_seconds"))
     path = run.finish(res["summary"], extra={"per_fraction": res["per_fraction"], "gans": res["gans"],
                                               "gan_config": res["gan_config"], "compute_seconds": round(compute_s, 1),
+                                              "untimed_classifier_runs": [untimed, len(clf_runs)],
                                               "command": "medgan " + " ".join(sys.argv[1:])})
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {path}; cGANs in runs/{name}/")

@@ -243,7 +243,7 @@ def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | N
     from .data.ctsim import CACHE_DIR
 
     a = x.detach().cpu().float().contiguous()
-    tag = json.dumps({"sigma": float(sigma), "bm3d": version("bm3d"), "v": 1}, sort_keys=True)
+    tag = json.dumps({"sigma": float(sigma), "shape": list(a.shape), "bm3d": version("bm3d"), "v": 2}, sort_keys=True)
     h = hashlib.sha256(a.numpy().tobytes() + tag.encode()).hexdigest()[:20]
     path = Path(cache_dir or CACHE_DIR) / f"bm3d_{h}.npz"
     if path.exists():
@@ -251,7 +251,7 @@ def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | N
             return torch.from_numpy(f["images"])
     out = _per_image(lambda im: np.asarray(bm3d.bm3d(im, sigma_psd=sigma)), a)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two processes never share a half-written file
     np.savez_compressed(tmp, images=out.numpy(), settings=tag)
     os.replace(tmp, path)  # atomic, as the scans' cache
     return out

@@ -309,5 +309,11 @@ def test_diversity_variant_is_reused_only_with_its_config_and_steps(breast, tmp_
                        again.sample(4, labels=y, generator=torch.Generator().manual_seed(0)))
     _, meta3 = aug._variant(small, "t", over, 3, tmp_path, "cpu", logs.append)  # other steps: retrained
     assert meta3["steps"] == 3 and any("retraining" in m for m in logs)
-    _, meta4 = aug._variant(small, "t", {**over, "aux_weight": 0.0}, 3, tmp_path, "cpu", logs.append)
+    logs.clear()
+    aug._variant(small, "t", {**over, "aux_weight": 0.0}, 3, tmp_path, "cpu", logs.append)  # other config
+    assert any("retraining" in m for m in logs)
     assert load(tmp_path / "cgan_breastmnist_28_f1_t.safetensors")[0].config.aux_weight == 0.0
+    logs.clear()
+    fewer = Arrays(small.name, small.split, small.size, small.images[:48], small.labels[:48])
+    aug._variant(fewer, "t", {**over, "aux_weight": 0.0}, 3, tmp_path, "cpu", logs.append)  # other data
+    assert any("retraining" in m for m in logs)

@@ -185,18 +185,28 @@ def test_tv_and_biharmonic_beat_the_corrupted_input_and_the_weight_is_chosen_ins
     assert masked_psnr(filled, clean, hole).mean() > masked_psnr(holed, clean, hole).mean() + 10
 
 
-def test_bm3d_denoises_and_is_cached_on_disk_per_input_and_sigma(tmp_path):
+def test_bm3d_denoises_and_is_cached_on_disk_per_input_and_sigma(tmp_path, monkeypatch):
     torch.manual_seed(0)
     clean = _smooth_images(2, 32)
     noisy = (clean + 0.1 * torch.randn_like(clean)).clamp(-1, 1)
     out = bm3d_denoise(noisy, 0.05, cache_dir=tmp_path)
+    assert out.shape == noisy.shape and out.dtype == torch.float32
     assert masked_psnr(out, clean).mean() > masked_psnr(noisy, clean).mean() + 3
-    files = list(tmp_path.glob("bm3d_*.npz"))
-    assert len(files) == 1
-    assert torch.equal(bm3d_denoise(noisy, 0.05, cache_dir=tmp_path), out)  # read back, same values
+    assert len(list(tmp_path.glob("bm3d_*.npz"))) == 1
+    import bm3d
+
+    def refuse(*a, **k):
+        raise AssertionError("a cache hit must not run BM3D")
+
+    monkeypatch.setattr(bm3d, "bm3d", refuse)
+    hit = bm3d_denoise(noisy, 0.05, cache_dir=tmp_path)  # read back: same values, shape and dtype
+    assert torch.equal(hit, out) and hit.shape == out.shape and hit.dtype == out.dtype
+    monkeypatch.undo()
     bm3d_denoise(noisy, 0.08, cache_dir=tmp_path)  # another sigma: its own file
     bm3d_denoise(noisy[:1], 0.05, cache_dir=tmp_path)  # other input: its own file
-    assert len(list(tmp_path.glob("bm3d_*.npz"))) == 3 and not list(tmp_path.glob("*.tmp.npz"))
+    same_bytes = noisy.reshape(1, 1, 32, 64)  # the same bytes in another shape: its own file
+    assert bm3d_denoise(same_bytes, 0.05, cache_dir=tmp_path).shape == (1, 1, 32, 64)
+    assert len(list(tmp_path.glob("bm3d_*.npz"))) == 4 and not list(tmp_path.glob("*.tmp.npz"))
 
 
 def test_scoring_ranks_the_truth_first_and_added_noise_last():

@@ -133,7 +133,7 @@ def simulate_split(images_u8: np.ndarray, *, photons: float | None = None, n_vie
                    keys=keys)
     out = np.round(rec * 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two processes never share a half-written file
     np.savez_compressed(tmp, images=out, settings=json.dumps(settings))
     os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache file
     return out
