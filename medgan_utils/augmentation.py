@@ -63,8 +63,9 @@ def cgan_config(train: Arrays, **overrides) -> GANConfig:
 
     BreastMNIST (546 images, subsets down to 27) keeps width 16 and DiffAugment, without which D
     memorises its few images in minutes. On PneumoniaMNIST the chapter-02 DCGAN's own recipe
-    (width 32, no DiffAugment, 3000 steps) replaced them: DiffAugment was what made the first
-    cGAN narrow there (``medgan experiment cgan-diversity``, :func:`diversity_study`).
+    (width 32, no DiffAugment, 3000 steps) replaced them: dropping DiffAugment did most of the
+    widening of the first cGAN's classes there (one run per recipe; ``medgan experiment
+    cgan-diversity``, :func:`diversity_study`).
 
     The auxiliary classifier was added after the first study, whose fakes carried their label
     weakly; that study is kept as ``results/04_augmentation_<dataset>_projection_only.json`` and
@@ -254,7 +255,8 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
                             arms: Sequence[str] = ARMS, subset_seed: int = 0,
                             log=print, work_dir=None, gan_overrides: dict | None = None,
                             clf: ClassifierTrainConfig | None = None) -> dict:
-    """The whole grid for one data set; returns ``{"per_fraction", "gans", "summary", "models"}``.
+    """The whole grid for one data set; returns ``{"per_fraction", "gans", "summary", "models",
+    "gan_config", "compute_seconds", "untimed_classifier_runs"}``.
 
     ``gan_steps`` is for the full training set; a subset gets :func:`cgan_steps`. ``gan_overrides`` change
     :func:`cgan_config` (e.g. ``{"aux_weight": 1.0}``); ``clf`` the classifier recipe
@@ -319,8 +321,15 @@ def augmentation_experiment(train: Arrays, val: Arrays, test: Arrays, fractions:
         trained[fkey] = gan
         if work is not None:
             write_json(done, {"arms": per_fraction[fkey], "gan": gans[fkey], "gan_config": config.to_dict()})
+    # A resumed run's wall time is only its own: the recorded compute sums every cGAN's and
+    # classifier run's training time, whichever run measured it (runs kept from older studies
+    # without a time count as 0, and are counted).
+    clf_runs = [r for arms_ in per_fraction.values() for runs in arms_.values() for r in runs]
+    compute_s = (sum(g.get("train_seconds") or 0 for g in gans.values())
+                 + sum(r.get("train_seconds") or 0 for r in clf_runs))
     return {"per_fraction": per_fraction, "gans": gans, "summary": summarize_arms(per_fraction),
-            "models": trained, "gan_config": config.to_dict()}
+            "models": trained, "gan_config": config.to_dict(), "compute_seconds": round(compute_s, 1),
+            "untimed_classifier_runs": [sum(1 for r in clf_runs if not r.get("train_seconds")), len(clf_runs)]}
 
 
 # -- chapter 04's diversity account (issue #8) ---------------------------------------------------
@@ -390,8 +399,8 @@ def diversity_study(train: Arrays, val: Arrays, test: Arrays, variants: dict | N
         raise ValueError("diversity_study needs at least one cGAN recipe")
     if any(t in ("dcgan", "real") for t in (variants or {})):
         raise ValueError("'dcgan' and 'real' name the study's own rows: tag the variants otherwise")
-    from .evaluation import classifier_labels, score_generator, score_per_class
     from .classify import load_extractor
+    from .evaluation import classifier_labels, score_generator, score_per_class
     from .utils import CHECKPOINT_DIR
 
     work = Path(work_dir)
@@ -407,19 +416,21 @@ def diversity_study(train: Arrays, val: Arrays, test: Arrays, variants: dict | N
         gan, meta = _variant(train, tag, overrides, steps, work, device, log)
         gens[tag] = (gan, meta, change)
     rows: dict[str, dict] = {}
+    reference = None
     real = run_arms(images, labels, None, val, test, tstr_seeds, ("real",), device)["real"]
     for name, (gan, meta, change) in gens.items():
         x = gan.sample(len(y), labels=y, generator=torch.Generator().manual_seed(seed + 1))
         fakes = gan.sample(2000, labels=torch.as_tensor(np.arange(2000) % n_classes),
                            generator=torch.Generator().manual_seed(seed + 2))
         tstr = run_arms(images, labels, gan, val, test, tstr_seeds, ("synthetic",), device)["synthetic"]
+        per_class = score_per_class(x, y, train.name, train.size, n=n_per_class, seed=seed)
+        reference = per_class["reference"]
         rows[name] = {"change": change, "file": meta["file"], "steps": meta.get("steps"),
                       "train_seconds": meta.get("train_seconds", meta.get("wall_s")),
                       "train_threads": meta.get("train_threads"), "config": gan.config.to_dict(),
                       "chapter_recipe": (gan.config == cgan_config(train)
                                          and meta.get("steps") == study_gan_steps(train.name)),
-                      "per_class": (pc := score_per_class(x, y, train.name, train.size, n=n_per_class,
-                                                          seed=seed))["classes"],
+                      "per_class": per_class["classes"],
                       "whole": score_generator(gan.sample(len(y), generator=torch.Generator().manual_seed(seed + 2)),
                                                train.name, train.size, seed=seed),
                       "judge_auc_on_fakes": auc_acc(predict_proba(judge, fakes), np.arange(2000) % n_classes)["auc"],
@@ -454,5 +465,5 @@ def diversity_study(train: Arrays, val: Arrays, test: Arrays, variants: dict | N
             metrics[key(name, "tstr_auc_mean")] = float(np.mean(row["tstr"]))
             metrics[key(name, "tstr_over_trtr")] = float(np.mean(row["tstr"])) / metrics["real/tstr_auc_mean"]
     return {"metrics": metrics, "variants": rows, "trtr": [r["auc"] for r in real],
-            "reference": pc["reference"],
+            "reference": reference,
             "n_per_class": n_per_class, "tstr_seeds": list(tstr_seeds)}

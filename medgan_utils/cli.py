@@ -629,16 +629,9 @@ def _augmentation(ns, device) -> int:
     overrides = {} if ns.aux_weight is None else {"aux_weight": ns.aux_weight}
     res = augmentation_experiment(tr, va, te, ns.fractions, ns.seeds, ns.gan_steps, device,
                                   work_dir=Path("runs") / name, gan_overrides=overrides)
-    # A resumed run's wall time is only its own: the recorded compute sums every cGAN's and
-    # classifier run's training time, whichever run measured it (runs kept from older studies
-    # without a time count as 0).
-    clf_runs = [r for arms in res["per_fraction"].values() for runs in arms.values() for r in runs]
-    compute_s = (sum(g.get("train_seconds") or 0 for g in res["gans"].values())
-                 + sum(r.get("train_seconds") or 0 for r in clf_runs))
-    untimed = sum(1 for r in clf_runs if not r.get("train_seconds"))
     path = run.finish(res["summary"], extra={"per_fraction": res["per_fraction"], "gans": res["gans"],
-                                              "gan_config": res["gan_config"], "compute_seconds": round(compute_s, 1),
-                                              "untimed_classifier_runs": [untimed, len(clf_runs)],
+                                              "gan_config": res["gan_config"], "compute_seconds": res["compute_seconds"],
+                                              "untimed_classifier_runs": res["untimed_classifier_runs"],
                                               "command": "medgan " + " ".join(sys.argv[1:])})
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {path}; cGANs in runs/{name}/")

@@ -20,20 +20,17 @@ baselines, and one scoring for all three tasks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .data.ct import head_mask, load_ct
-from .data.ctsim import mu_scale, simulate_split
+from .data.ctsim import cached_array, mu_scale, simulate_split
 from .data.degrade import apply_mask, box_mask, inpaint_biharmonic, stroke_mask
 from .data.medmnist import mix_seed, seeded_generator, to_float, to_uint8
 from .data.paired import PairedLoader
@@ -233,28 +230,19 @@ def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | N
     """BM3D (Dabov et al. 2007; the ``bm3d`` package) of each image, noise ``sigma`` in [0, 1] units.
 
     About a second per 256 px slice on this CPU (the package already uses every core), so the
-    result is cached on disk beside the simulated scans (``runs/ct_sim_cache/bm3d_*.npz``), under
-    a key of the input's bytes, ``sigma`` and the package's version: a second run reads it back.
-    The package's multithreaded aggregation can differ in the last float bits between runs; the
-    cache also keeps a scored baseline fixed."""
-    import bm3d
+    result is cached on disk beside the simulated scans (``runs/ct_sim_cache/bm3d_*.npz``,
+    :func:`~.data.ctsim.cached_array`), under a key of the input's bytes and shape, ``sigma`` and
+    the package's version: a second run reads it back. The package's multithreaded aggregation
+    can differ in the last float bits between runs; the cache also keeps a scored baseline fixed."""
     from importlib.metadata import version
 
-    from .data.ctsim import CACHE_DIR
+    import bm3d
 
     a = x.detach().cpu().float().contiguous()
-    tag = json.dumps({"sigma": float(sigma), "shape": list(a.shape), "bm3d": version("bm3d"), "v": 2}, sort_keys=True)
-    h = hashlib.sha256(a.numpy().tobytes() + tag.encode()).hexdigest()[:20]
-    path = Path(cache_dir or CACHE_DIR) / f"bm3d_{h}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            return torch.from_numpy(f["images"])
-    out = _per_image(lambda im: np.asarray(bm3d.bm3d(im, sigma_psd=sigma)), a)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two processes never share a half-written file
-    np.savez_compressed(tmp, images=out.numpy(), settings=tag)
-    os.replace(tmp, path)  # atomic, as the scans' cache
-    return out
+    settings = {"sigma": float(sigma), "shape": list(a.shape), "bm3d": version("bm3d"), "v": 2}
+    out = cached_array(a.numpy(), settings, cache_dir=cache_dir, prefix="bm3d_",
+                       compute=lambda: _per_image(lambda im: np.asarray(bm3d.bm3d(im, sigma_psd=sigma)), a).numpy())
+    return torch.from_numpy(out)
 
 
 def biharmonic(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -124,16 +124,30 @@ def simulate_split(images_u8: np.ndarray, *, photons: float | None = None, n_vie
                 "filter": filter_name, "version": 1}
     if keys is not None:  # (absent for the default keys, so those cache files keep their names)
         settings["keys"] = hashlib.sha256(np.asarray(keys, np.int64).tobytes()).hexdigest()[:16]
-    h = hashlib.sha256(u8.tobytes() + json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-    path = Path(cache_dir or CACHE_DIR) / f"{h}.npz"
+    return cached_array(u8, settings, lambda: np.round(
+        simulate(u8 / 255.0, photons=photons, n_views=n_views, mu=mu, seed=seed, filter_name=filter_name,
+                 keys=keys) * 255).astype(np.uint8), cache_dir)
+
+
+def cached_array(data: np.ndarray, settings: dict, compute, cache_dir: str | os.PathLike | None = None,
+                 prefix: str = "") -> np.ndarray:
+    """``compute()``'s array, cached on disk (``runs/ct_sim_cache`` by default) under a key of
+    ``data``'s bytes and ``settings`` (JSON): the simulated scans and the BM3D baseline share it.
+    Written atomically (:func:`~medgan_utils.checkpoint.write_atomic`), so a killed run or a
+    second process never reads a half-written file."""
+    from ..checkpoint import write_atomic
+
+    tag = json.dumps(settings, sort_keys=True)
+    h = hashlib.sha256(np.ascontiguousarray(data).tobytes() + tag.encode()).hexdigest()[:20]
+    path = Path(cache_dir or CACHE_DIR) / f"{prefix}{h}.npz"
     if path.exists():
         with np.load(path) as f:
             return f["images"]
-    rec = simulate(u8 / 255.0, photons=photons, n_views=n_views, mu=mu, seed=seed, filter_name=filter_name,
-                   keys=keys)
-    out = np.round(rec * 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two processes never share a half-written file
-    np.savez_compressed(tmp, images=out, settings=json.dumps(settings))
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache file
+    out = np.asarray(compute())
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:  # a file object: savez would add ".npz" to a path
+            np.savez_compressed(fh, images=out, settings=tag)
+
+    write_atomic(path, write)
     return out
