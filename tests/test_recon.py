@@ -45,7 +45,8 @@ def _smooth_images(n: int = 4, size: int = 32) -> torch.Tensor:
                                  {"task": "sparseview", "corruptions": "60,x"},
                                  {"task": "inpaint", "corruptions": "circle"}, {"patch": 100},
                                  {"l1_weight": 0.0}, {"gan_loss": "hinge"},
-                                 {"task": "lowdose", "prefill": "biharmonic"}, {"task": "inpaint", "prefill": "zeros"}])
+                                 {"task": "lowdose", "prefill": "biharmonic"}, {"task": "inpaint", "prefill": "zeros"},
+                                 {"decay_steps": -1}])
 def test_config_refuses_bad_settings_with_a_message(bad):
     with pytest.raises(ValueError, match=r"\w"):
         ReconConfig(**bad)
@@ -118,6 +119,31 @@ def test_l1_training_step_lowers_the_loss_and_the_gan_step_trains_a_conditional_
     log = gan.train_step(iter([(noisy, clean)]))
     assert {"loss_D", "adv", "l1"} <= set(log)
     assert torch.allclose(gan.apply(noisy[:2]), m.apply(noisy[:2]), atol=0.2)
+
+
+def test_learning_rates_decay_linearly_by_the_models_own_step_which_resume_restores():
+    clean = _smooth_images(4, 32)
+    noisy = (clean + 0.2 * torch.randn_like(clean, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    batches = iter([(noisy, clean)] * 20)
+    c = ReconConfig(task="lowdose", width=4, adv_weight=0.01, d_width=4, lr=4e-4, lr_d=2e-4,
+                    constant_steps=2, decay_steps=4)
+    m = ReconModel(c)
+    seen = []
+    for _ in range(5):
+        m.train_step(batches)
+        seen += [m.opt_G.param_groups[0]["lr"], m.opt_D.param_groups[0]["lr"]]
+    # The rate used at step s is lr * factor(s): 1, 1, then 1 - (s - 2) / 4.
+    assert seen == pytest.approx([4e-4, 2e-4, 4e-4, 2e-4, 4e-4, 2e-4, 3e-4, 1.5e-4, 2e-4, 1e-4])
+    again = ReconModel(c)
+    again.load_state_dict(m.state_dict())  # what fit checkpoints and restores
+    again.train_step(batches)
+    assert again.opt_G.param_groups[0]["lr"] == pytest.approx(1e-4)  # step 5, not step 0
+    with pytest.raises(ValueError, match="reaches 0 after 6"):
+        c.check_fit(type("Fit", (), {"steps": 7})())
+    plain = ReconModel(ReconConfig(task="lowdose", width=4, lr=4e-4))  # the default: constant
+    for _ in range(3):
+        plain.train_step(batches)
+    assert plain.opt_G.param_groups[0]["lr"] == 4e-4 and plain.step == 3
 
 
 def test_hole_sizes_are_in_pixels_of_the_whole_slice():

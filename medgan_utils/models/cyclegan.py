@@ -31,10 +31,8 @@ Introduced in ``notebooks/07_cyclegan.ipynb``.
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +40,13 @@ from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from .img2img import GAN_LOSSES, AdversarialLoss
-from .parts import ImagePool
+from .parts import ImagePool, LinearDecay, set_lr
 
 __all__ = ["CYCLEGAN_PRESETS", "CycleGAN", "CycleGANConfig", "ResnetGenerator"]
 
 
 @dataclass(frozen=True)
-class CycleGANConfig:
+class CycleGANConfig(LinearDecay):
     """Attributes:
         channels: image channels (both domains).
         width: channels of the generators' first layer (64 in the paper; 16 for a CPU).
@@ -84,9 +82,9 @@ class CycleGANConfig:
     def __post_init__(self) -> None:
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
-        if min(self.cycle_weight, self.identity_weight, self.pool_size, self.constant_steps,
-               self.decay_steps) < 0:
-            raise ValueError("weights, pool size and step counts must be >= 0")
+        if min(self.cycle_weight, self.identity_weight, self.pool_size) < 0:
+            raise ValueError("weights and pool size must be >= 0")
+        self.check_schedule()
         if self.width < 1 or self.n_blocks < 0 or self.d_width < 1:
             raise ValueError("width and d_width must be >= 1 and n_blocks >= 0")
         if self.d_norm not in ("", "INSTANCE", "BATCH"):
@@ -98,25 +96,6 @@ class CycleGANConfig:
     def directions(self) -> tuple[str, str]:
         """``("ct2mr", "mr2ct")``: A -> B and B -> A."""
         return f"{self.a_name}2{self.b_name}", f"{self.b_name}2{self.a_name}"
-
-    def check_fit(self, fit_config: Any) -> None:
-        """Called before training: the schedule must fit the run's length (``--steps``)."""
-        total = self.constant_steps + self.decay_steps
-        if self.decay_steps and fit_config.steps > total:
-            raise ValueError(f"{fit_config.steps} steps but the learning rate reaches 0 after {total} "
-                             f"(constant_steps {self.constant_steps} + decay_steps {self.decay_steps}): "
-                             "the rest would not train. Set --constant-steps and --decay-steps to add up "
-                             "to --steps (half and half in the paper)")
-        if self.decay_steps and fit_config.steps < total:
-            warnings.warn(f"{fit_config.steps} steps: training stops before the learning rate has decayed "
-                          f"(constant_steps {self.constant_steps} + decay_steps {self.decay_steps} = {total})",
-                          stacklevel=2)
-
-    def lr_factor(self, step: int) -> float:
-        """The learning rate at ``step`` (0-based) as a fraction of ``lr``."""
-        if not self.decay_steps or step < self.constant_steps:
-            return 1.0
-        return max(0.0, 1.0 - (step - self.constant_steps) / self.decay_steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,8 +196,7 @@ class CycleGAN:
     def _set_lr(self) -> float:
         lr = self.config.lr * self.config.lr_factor(self.step)
         for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:
-                group["lr"] = lr
+            set_lr(opt, lr)
         return lr
 
     def train_step(self, batches: Iterator) -> dict[str, float]:

@@ -29,6 +29,7 @@ from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from .losses import d_loss_bce, g_loss_non_saturating
+from .parts import set_lr
 
 __all__ = ["GAN_LOSSES", "AdversarialLoss", "PairedModel", "check_loss_weights", "feature_loss"]
 
@@ -105,6 +106,9 @@ class PairedModel:
         init_state: a generator ``state_dict`` to start from (a GAN starts from its pixel twin).
         in_channels: channels of the generator's input (for a conditional D; default
             ``config.channels``).
+
+    A config that mixes in :class:`~medgan_utils.models.parts.LinearDecay` (chapter 06's) decays
+    both learning rates by the model's step count, which resume restores.
     """
 
     def __init__(self, config: Any, generator: nn.Module, device: torch.device | str = "cpu",
@@ -135,10 +139,26 @@ class PairedModel:
             self._adv = AdversarialLoss(self.gan_loss)
         self.feature_net = feature_net.to(self.device).eval().requires_grad_(False) if feature_net else None
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.step = 0
 
     @property
     def adversarial(self) -> bool:
         return self.D is not None
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    def _set_lr(self) -> None:
+        factor = getattr(self.config, "lr_factor", None)
+        if factor is None:
+            return
+        f = factor(self.step)
+        set_lr(self.opt_G, self.config.lr * f)
+        if self.opt_D is not None:
+            set_lr(self.opt_D, self.config.lr_d * f)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"G": self.G, **({"D": self.D} if self.D is not None else {})}
@@ -160,6 +180,7 @@ class PairedModel:
     def train_step(self, batches: Iterator) -> dict[str, float]:
         x, target = next(batches)
         c = self.config
+        self._set_lr()
         self.G.train()
         fake = self.G(x)
         log: dict[str, float] = {}
@@ -188,6 +209,7 @@ class PairedModel:
         self.opt_G.step()
         log["loss_G"] = loss_G.item()
         self._last = (x[:8].detach(), target[:8].detach())
+        self.step += 1
         return log
 
     @torch.no_grad()

@@ -1,5 +1,5 @@
 """Pieces every model class of the course shares: the EMA of a generator, gradient-norm logging,
-and a history pool of fakes. A new model (SRGAN, pix2pix, CycleGAN, a DP-GAN) composes them
+a history pool of fakes, and the linear learning-rate decay of a config (:class:`LinearDecay`). A new model (SRGAN, pix2pix, CycleGAN, a DP-GAN) composes them
 instead of copying them out of :class:`~medgan_utils.models.gan.GAN`.
 
 DiffAugment lives in :mod:`medgan_utils.models.diffaugment` and the loss families in
@@ -11,10 +11,57 @@ Introduced in ``notebooks/03_wgan_gp.ipynb`` (EMA) and ``07_cyclegan`` (the imag
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
+
+
+class LinearDecay:
+    """A config's learning-rate schedule (CycleGAN's, Zhu et al. 2017): ``lr`` for
+    ``constant_steps`` steps, then linearly down to 0 over ``decay_steps`` (0: never decays).
+
+    Mixed into a frozen config dataclass that has the two fields; the model multiplies its
+    learning rates by :meth:`lr_factor` of its own step count, which it checkpoints, so a resumed
+    run continues the schedule. ``train_model`` calls :meth:`check_fit` before training.
+    """
+
+    constant_steps: int
+    decay_steps: int
+
+    def check_schedule(self) -> None:
+        """Called from the config's ``__post_init__``: step counts must be >= 0."""
+        if min(self.constant_steps, self.decay_steps) < 0:
+            raise ValueError(f"constant_steps and decay_steps must be >= 0, got "
+                             f"{self.constant_steps} and {self.decay_steps}")
+
+    def check_fit(self, fit_config: Any) -> None:
+        """The schedule must fit the run's length (``--steps``): an error where the rate would
+        reach 0 before the end, a warning where the run stops before it has decayed."""
+        total = self.constant_steps + self.decay_steps
+        if self.decay_steps and fit_config.steps > total:
+            raise ValueError(f"{fit_config.steps} steps but the learning rate reaches 0 after {total} "
+                             f"(constant_steps {self.constant_steps} + decay_steps {self.decay_steps}): "
+                             "the rest would not train. Set --constant-steps and --decay-steps to add up "
+                             "to --steps (half and half in the CycleGAN paper)")
+        if self.decay_steps and fit_config.steps < total:
+            warnings.warn(f"{fit_config.steps} steps: training stops before the learning rate has decayed "
+                          f"(constant_steps {self.constant_steps} + decay_steps {self.decay_steps} = {total})",
+                          stacklevel=2)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at ``step`` (0-based) as a fraction of ``lr``."""
+        if not self.decay_steps or step < self.constant_steps:
+            return 1.0
+        return max(0.0, 1.0 - (step - self.constant_steps) / self.decay_steps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group of ``optimizer`` to ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 class EMA:

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..data.degrade import inpaint_biharmonic
 from .img2img import GAN_LOSSES, PairedModel, check_loss_weights
+from .parts import LinearDecay
 
 __all__ = ["RECON_PRESETS", "RECON_TASKS", "ReconConfig", "ReconModel", "ReconUNet"]
 
@@ -48,7 +49,7 @@ DEFAULT_CORRUPTIONS = {"inpaint": "box,stroke", "lowdose": "0.25,0.1", "sparsevi
 
 
 @dataclass(frozen=True)
-class ReconConfig:
+class ReconConfig(LinearDecay):
     """Attributes:
         task: ``inpaint``, ``lowdose`` or ``sparseview``.
         channels: image channels.
@@ -67,6 +68,8 @@ class ReconConfig:
         conditional_d: D sees the input beside the output (pix2pix).
         d_width: channels of the discriminator's first layer.
         lr, lr_d: Adam learning rates of G and D.
+        constant_steps, decay_steps: both rates are constant for ``constant_steps`` steps, then
+            fall linearly to 0 over ``decay_steps`` (0, the default: constant throughout).
     """
 
     task: str = "lowdose"
@@ -86,6 +89,8 @@ class ReconConfig:
     d_width: int = 32
     lr: float = 2e-4
     lr_d: float = 2e-4
+    constant_steps: int = 0
+    decay_steps: int = 0
 
     # Fields that shape the model but hold no weights: a start checkpoint must agree on them.
     UNWEIGHTED: ClassVar[tuple[str, ...]] = ("task", "prefill")
@@ -100,6 +105,7 @@ class ReconConfig:
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
         check_loss_weights(self)
+        self.check_schedule()
         if self.patch and self.patch % 16:
             raise ValueError(f"patch must be a multiple of 16 (the U-Net pools four times), got {self.patch}")
         self.levels()  # a malformed corruptions string fails here, not mid-training
