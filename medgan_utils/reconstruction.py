@@ -60,6 +60,8 @@ FBP_FILTERS = {("lowdose", 1.0): "ramp", ("lowdose", 0.25): "cosine", ("lowdose"
 BOX_PX = (26, 64)
 STROKE_WIDTH_PX = (8, 16)
 STROKE_LENGTH_PX = (26, 64)
+# Redraws of a training hole that misses the head (InpaintLoader's on_head).
+ON_HEAD_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -177,13 +179,30 @@ class InpaintLoader(PairedLoader):
     ``kinds[(r + b) % len(kinds)]``: boxes and strokes alternate, whatever the batch size),
     seeded by ``(seed, epoch, batch)`` so a resumed run sees the same holes. Hole sizes are in
     pixels of the whole image (:func:`hole_masks`). Yields ``(inpaint_input, clean)``:
-    (B, C + 1, p, p) and (B, C, p, p)."""
+    (B, C + 1, p, p) and (B, C, p, p).
+
+    ``on_head`` > 0 (CT slices) redraws a row's hole, up to :data:`ON_HEAD_TRIES` times, until
+    that fraction of it lies on the head (:func:`~.data.ct.head_mask` of the patch), as the
+    scored holes do (:func:`scored_holes`); a patch with too little head keeps its last draw.
+    Unfocused, 41 % of the holes on 128 px patches of the CT training slices lie 90 % on the head
+    and 8 % lie almost wholly on the black background, where the biharmonic prefill is already
+    exact and the hole teaches nothing."""
 
     def __init__(self, images, batch_size: int = 8, device: torch.device | str = "cpu", seed: int = 0,
-                 patch: int | None = None, kinds: Sequence[str] = ("box", "stroke")):
+                 patch: int | None = None, kinds: Sequence[str] = ("box", "stroke"), on_head: float = 0.0):
         super().__init__(images, images, batch_size, device, seed=seed, patch=patch)
+        if not 0.0 <= on_head <= 1.0:
+            raise ValueError(f"on_head is a fraction of the hole in [0, 1], got {on_head}")
         self.kinds = tuple(kinds)
+        self.on_head = float(on_head)
         self.image_side = int(min(self.targets.shape[-2:]))
+
+    def _holes(self, y: torch.Tensor, which: torch.Tensor, rows: torch.Tensor, seed: int,
+               m: torch.Tensor) -> None:
+        for j, k in enumerate(self.kinds):
+            sel = rows[which[rows] == j]
+            if len(sel):
+                m[sel] = hole_masks((len(sel), 1, *y.shape[-2:]), k, seed + j, self.image_side)
 
     def __iter__(self):
         for epoch, step, idx in self._steps():
@@ -194,10 +213,15 @@ class InpaintLoader(PairedLoader):
             seed = mix_seed(self.seed, epoch, step, 7) % 2**31
             which = (torch.arange(len(y)) + step) % len(self.kinds)
             m = torch.empty(len(y), 1, *y.shape[-2:])
-            for j, k in enumerate(self.kinds):
-                rows = (which == j).nonzero().flatten()
-                if len(rows):
-                    m[rows] = hole_masks((len(rows), 1, *y.shape[-2:]), k, seed + j, self.image_side)
+            self._holes(y, which, torch.arange(len(y)), seed, m)
+            if self.on_head:
+                heads = head_mask(y.cpu())
+                for t in range(1, ON_HEAD_TRIES + 1):
+                    inside = (m.bool() & heads).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+                    bad = (inside < self.on_head).nonzero().flatten()
+                    if not len(bad):
+                        break
+                    self._holes(y, which, bad, mix_seed(seed, t) % 2**31, m)
             yield inpaint_input(y, m.to(y.device)), y
 
 

@@ -336,7 +336,8 @@ def _recon_loader(data: Arrays, config: ReconConfig, batch_size: int, device: to
 
     patch = config.patch or None
     if config.task == "inpaint":
-        return InpaintLoader(data.images, batch_size, device, seed=seed, patch=patch, kinds=config.levels())
+        return InpaintLoader(data.images, batch_size, device, seed=seed, patch=patch, kinds=config.levels(),
+                             on_head=config.holes_on_head)
     if data.n_channels != 1 or data.images.ndim != 3:
         raise ValueError(f"{config.task} simulates CT scans of grayscale slices; {data.name} has "
                          f"{data.n_channels} channels")

@@ -146,6 +146,26 @@ def test_learning_rates_decay_linearly_by_the_models_own_step_which_resume_resto
     assert plain.opt_G.param_groups[0]["lr"] == 4e-4 and plain.step == 3
 
 
+def test_training_holes_can_be_kept_on_the_head_like_the_scored_ones():
+    slices = load_ct("train", 256).images[:40]
+
+    def on_head(loader, batches=6):
+        fr = []
+        for (x, y), _ in zip(loader, range(batches)):
+            m = x[:, 1:2].bool()
+            fr += ((m & head_mask(y)).flatten(1).sum(1) / m.flatten(1).sum(1)).tolist()
+        return np.array(fr)
+
+    anywhere = on_head(InpaintLoader(slices, batch_size=8, patch=128, seed=3))
+    focused = on_head(InpaintLoader(slices, batch_size=8, patch=128, seed=3, on_head=0.9))
+    assert (anywhere >= 0.9).mean() < 0.7
+    assert (focused >= 0.9).mean() > 0.9 > (anywhere >= 0.9).mean()
+    again = on_head(InpaintLoader(slices, batch_size=8, patch=128, seed=3, on_head=0.9))
+    assert np.array_equal(focused, again)  # seeded: a resumed run cuts the same holes
+    with pytest.raises(ValueError, match="holes_on_head is for inpainting"):
+        ReconConfig(task="lowdose", holes_on_head=0.9)
+
+
 def test_hole_sizes_are_in_pixels_of_the_whole_slice():
     # A 128 px patch of a 256 px slice gets boxes of the slice's pixel sizes.
     for side, image_side in [(256, None), (128, 256)]:

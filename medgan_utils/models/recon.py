@@ -61,6 +61,9 @@ class ReconConfig(LinearDecay):
         reference_photons: incident photons per detector bin of the full-dose scan (lowdose).
         prefill: inpainting: ``"biharmonic"`` fills the hole classically first and the U-Net
             predicts the correction; ``""`` leaves it black.
+        holes_on_head: inpainting on CT: the fraction of each training hole that must lie on the
+            head, as for the scored holes (0: holes anywhere in the patch; redrawn otherwise, see
+            :class:`~medgan_utils.reconstruction.InpaintLoader`).
         l1_weight, feature_weight, adv_weight: terms of the generator's loss.
         feature_net: checkpoint of the frozen encoder of the feature loss (feature_weight > 0).
         init_from: checkpoint of a trained model whose generator this one starts from.
@@ -79,6 +82,7 @@ class ReconConfig(LinearDecay):
     corruptions: str = ""
     reference_photons: float = 4e4
     prefill: str = ""
+    holes_on_head: float = 0.0
     l1_weight: float = 1.0
     feature_weight: float = 0.0
     adv_weight: float = 0.0
@@ -100,6 +104,10 @@ class ReconConfig(LinearDecay):
             raise ValueError(f"task must be one of {RECON_TASKS}, got {self.task!r}")
         if self.prefill not in ("", "biharmonic"):
             raise ValueError(f"prefill must be '' or 'biharmonic', got {self.prefill!r}")
+        if not 0.0 <= self.holes_on_head <= 1.0:
+            raise ValueError(f"holes_on_head is a fraction in [0, 1], got {self.holes_on_head}")
+        if self.holes_on_head and self.task != "inpaint":
+            raise ValueError("holes_on_head is for inpainting")
         if self.prefill and self.task != "inpaint":
             raise ValueError("prefill is for inpainting; the CT tasks start from the FBP image itself")
         if self.gan_loss not in GAN_LOSSES:
