@@ -168,6 +168,30 @@ def load_or_train(
     return model, history, "trained"
 
 
+# What a joined export keeps of each run it was trained in (see join_runs).
+STAGE_FACTS = ("command", "steps", "wall_s", "stopped", "machine")
+
+
+def join_runs(first: str | os.PathLike, second: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Ship a model trained in two runs, the second started from the first's generator
+    (``init_from``), as one export: the second run's weights and header, with ``steps`` and
+    ``wall_s`` the totals and ``stages`` each run's command, steps, time and machine (a joined
+    ``first`` brings its own stages), and one history with the second run's steps counted on from
+    the first's, so a loss curve shows the whole training. ``out`` may be ``first``'s path.
+
+    The header's config is the second run's: its ``init_from`` names the file the run started
+    from *when it ran*; ``stages[0]["command"]`` says how that file was made."""
+    m1, (model, m2) = read_metadata(first), load(second)
+    h1, h2 = History.from_json(history_path(first)), History.from_json(history_path(second))
+    history = History(records=h1.records + [{**r, "step": r["step"] + h1.step} for r in h2.records],
+                      stopped=h2.stopped, step=h1.step + h2.step, wall_s=h1.wall_s + h2.wall_s)
+    stages = [*m1.get("stages", [{k: m1[k] for k in STAGE_FACTS if k in m1}]),
+              {k: m2[k] for k in STAGE_FACTS if k in m2}]
+    facts = {k: v for k, v in m2.items() if k not in ("kind", "config", *kind_of(model.config).header_facts(model))}
+    facts |= {"steps": history.step, "wall_s": round(history.wall_s, 1), "stages": stages}
+    return export(model, out, history, **facts)
+
+
 def read_facts(path: str | os.PathLike) -> dict[str, Any]:
     """The header of a shipped checkpoint, pretty-printable."""
     return json.loads(json.dumps(read_metadata(path), default=str))

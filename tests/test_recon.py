@@ -363,3 +363,38 @@ def test_inpaint_loader_alternates_hole_shapes_even_one_image_at_a_time():
 def test_holes_that_cannot_fit_the_patch_are_refused_with_a_message():
     with pytest.raises(ValueError, match="do not fit"):
         hole_masks((2, 1, 16, 16), "box", seed=0, image_side=256)
+
+
+@pytest.mark.needs_ct
+def test_a_model_trained_in_two_runs_ships_as_one_file_with_both_stages(tmp_path, sim_cache):
+    from medgan_utils.pretrained import (
+        export,
+        history_path,
+        join_runs,
+        load,
+        read_facts,
+        train_model,
+    )
+    from medgan_utils.train import FitConfig, History
+
+    kind = registry.get_kind("recon")
+    data = load_ct("train", 32)
+    data = type(data)(data.name, data.split, data.size, data.images[:6], data.labels[:6])
+    first_cfg = kind.config("sparseview-l1", data, width=8, patch=16, corruptions="30")
+    m1, h1 = train_model(first_cfg, data, FitConfig(steps=3, log_every=1), seed=0, batch_size=4,
+                         out_dir=tmp_path / "a")
+    first = export(m1, tmp_path / "twin.safetensors", h1, steps=3, wall_s=h1.wall_s, command="stage one")
+    more = kind.config("sparseview-l1", data, width=8, patch=16, corruptions="30", init_from=str(first),
+                       constant_steps=1, decay_steps=1)
+    m2, h2 = train_model(more, data, FitConfig(steps=2, log_every=1), seed=0, batch_size=4,
+                         out_dir=tmp_path / "b")
+    second = export(m2, tmp_path / "more.safetensors", h2, steps=2, wall_s=h2.wall_s, command="stage two")
+    joined = join_runs(first, second, first)  # in place, as a shipped twin is continued
+    facts = read_facts(joined)
+    assert facts["steps"] == 5 and [s["command"] for s in facts["stages"]] == ["stage one", "stage two"]
+    assert facts["wall_s"] == pytest.approx(h1.wall_s + h2.wall_s, abs=0.1)
+    assert facts["config"]["decay_steps"] == 1  # the config is the second run's
+    hist = History.from_json(history_path(joined))
+    assert [r["step"] for r in hist.records] == [1, 2, 3, 4, 5] and hist.step == 5
+    model, _ = load(joined)
+    assert all(torch.equal(a, b) for a, b in zip(model.G.state_dict().values(), m2.G.state_dict().values()))
