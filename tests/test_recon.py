@@ -290,17 +290,24 @@ def test_scored_holes_lie_on_the_head_and_alternate_shapes():
     assert torch.equal(masks, again)
 
 
-@pytest.mark.needs_ct
-def test_recon_kind_trains_through_the_registry_and_a_gan_starts_from_its_twin(tmp_path, sim_cache):
-    from medgan_utils.pretrained import export, train_model
+def _tiny_twin(out_dir, steps, **config):
+    """A sparse-view twin on six 32 px CT slices, trained ``steps`` steps through the registry."""
+    from medgan_utils.pretrained import train_model
     from medgan_utils.train import FitConfig
 
     kind = registry.get_kind("recon")
     data = load_ct("train", 32)
     data = type(data)(data.name, data.split, data.size, data.images[:6], data.labels[:6])
-    cfg = kind.config("sparseview-l1", data, width=8, patch=16, corruptions="30")
-    model, hist = train_model(cfg, data, FitConfig(steps=3, log_every=1), seed=0, batch_size=4,
-                              out_dir=tmp_path / "run")
+    cfg = kind.config("sparseview-l1", data, width=8, patch=16, corruptions="30", **config)
+    model, hist = train_model(cfg, data, FitConfig(steps=steps, log_every=1), seed=0, batch_size=4, out_dir=out_dir)
+    return kind, data, model, hist
+
+
+@pytest.mark.needs_ct
+def test_recon_kind_trains_through_the_registry_and_a_gan_starts_from_its_twin(tmp_path, sim_cache):
+    from medgan_utils.pretrained import export
+
+    kind, data, model, hist = _tiny_twin(tmp_path / "run", steps=3)
     assert hist.step == 3
     path = export(model, tmp_path / "twin.safetensors", hist, dataset="ct")
     gan_cfg = kind.config("sparseview", data, width=8, patch=16, corruptions="30", d_width=8,
@@ -367,27 +374,12 @@ def test_holes_that_cannot_fit_the_patch_are_refused_with_a_message():
 
 @pytest.mark.needs_ct
 def test_a_model_trained_in_two_runs_ships_as_one_file_with_both_stages(tmp_path, sim_cache):
-    from medgan_utils.pretrained import (
-        export,
-        history_path,
-        join_runs,
-        load,
-        read_facts,
-        train_model,
-    )
-    from medgan_utils.train import FitConfig, History
+    from medgan_utils.pretrained import export, history_path, join_runs, load, read_facts
+    from medgan_utils.train import History
 
-    kind = registry.get_kind("recon")
-    data = load_ct("train", 32)
-    data = type(data)(data.name, data.split, data.size, data.images[:6], data.labels[:6])
-    first_cfg = kind.config("sparseview-l1", data, width=8, patch=16, corruptions="30")
-    m1, h1 = train_model(first_cfg, data, FitConfig(steps=3, log_every=1), seed=0, batch_size=4,
-                         out_dir=tmp_path / "a")
+    _, _, m1, h1 = _tiny_twin(tmp_path / "a", steps=3)
     first = export(m1, tmp_path / "twin.safetensors", h1, steps=3, wall_s=h1.wall_s, command="stage one")
-    more = kind.config("sparseview-l1", data, width=8, patch=16, corruptions="30", init_from=str(first),
-                       constant_steps=1, decay_steps=1)
-    m2, h2 = train_model(more, data, FitConfig(steps=2, log_every=1), seed=0, batch_size=4,
-                         out_dir=tmp_path / "b")
+    _, _, m2, h2 = _tiny_twin(tmp_path / "b", steps=2, init_from=str(first), constant_steps=1, decay_steps=1)
     second = export(m2, tmp_path / "more.safetensors", h2, steps=2, wall_s=h2.wall_s, command="stage two")
     joined = join_runs(first, second, first)  # in place, as a shipped twin is continued
     facts = read_facts(joined)
