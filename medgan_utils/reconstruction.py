@@ -142,12 +142,13 @@ def hole_masks(shape: Sequence[int], kind: str, seed: int, image_side: int | Non
 
 
 def scored_holes(images: torch.Tensor, seed: int = 0, min_inside: float = 0.9,
-                 kinds: Sequence[str] = ("box", "stroke"), index: Sequence[int] | None = None
-                 ) -> tuple[torch.Tensor, list[str]]:
+                 kinds: Sequence[str] = ("box", "stroke"), index: Sequence[int] | None = None,
+                 skip: bool = False) -> tuple[torch.Tensor, list[str | None]]:
     """One hole per held-out slice, on the head: the slice with index k in its split (``index``;
     default its position) gets ``kinds[k % len(kinds)]``, redrawn (seed ``(seed, k, try)``) until
     at least ``min_inside`` of it lies in the head mask, so a slice gets the same hole in any
-    scored subset.
+    scored subset. A slice with no such hole in 100 draws (a small head, near the crown) is an
+    error, or with ``skip`` gets kind None and an empty mask.
 
     Returns:
         ``(masks (N, 1, H, W) float, kinds per slice)``.
@@ -162,8 +163,10 @@ def scored_holes(images: torch.Tensor, seed: int = 0, min_inside: float = 0.9,
             if float((m.bool() & heads[i:i + 1]).sum()) >= min_inside * float(m.sum()):
                 break
         else:
-            raise ValueError(f"image {i}: no {kind} hole in 100 draws lies {min_inside:.0%} on the head "
-                             f"(is it a head CT slice?)")
+            if not skip:
+                raise ValueError(f"image {i}: no {kind} hole in 100 draws lies {min_inside:.0%} on the head "
+                                 f"(is it a head CT slice?)")
+            m, kind = torch.zeros_like(m), None
         masks.append(m)
         names.append(kind)
     return torch.cat(masks), names
@@ -344,7 +347,8 @@ def held_out(name: str, split: str = "test", n: int | None = None, size: int = C
     the FBP; inpainting: image with hole + mask), ``masks`` and hole ``kinds`` (inpainting), the
     slices' ``index`` in the split. ``images_u8`` replaces the split's slices (e.g. a modified
     copy of them), ``index`` then says which slices of the split they are (default 0..N-1), which
-    keys their scan noise and holes."""
+    keys their scan noise and holes. Inpainting leaves out the slices whose head has no room for
+    a scored hole (:func:`scored_holes`) and counts them in ``skipped``."""
     task = TASKS[name]
     if images_u8 is None:
         u8 = load_ct(split, size).images
@@ -356,8 +360,13 @@ def held_out(name: str, split: str = "test", n: int | None = None, size: int = C
     truth = _to_tensor(u8)
     out: dict[str, Any] = {"truth": truth, "index": idx, "masks": None, "kinds": None}
     if task.task == "inpaint":
-        masks, kinds = scored_holes(truth, seed=SPLIT_SEEDS[split], index=idx)
-        out |= {"inputs": inpaint_input(truth, masks), "masks": masks, "kinds": kinds}
+        masks, kinds = scored_holes(truth, seed=SPLIT_SEEDS[split], index=idx, skip=True)
+        keep = [i for i, k in enumerate(kinds) if k is not None]
+        if not keep:
+            raise ValueError(f"none of the {len(kinds)} slices has room for a hole on the head")
+        truth, masks = truth[keep], masks[keep]
+        out |= {"truth": truth, "index": idx[keep], "inputs": inpaint_input(truth, masks), "masks": masks,
+                "kinds": [kinds[i] for i in keep], "skipped": len(kinds) - len(keep)}
     else:
         out["inputs"] = _to_tensor(scan(u8, task.task, task.level, split, reference_photons, index=idx))
     return out

@@ -288,6 +288,13 @@ def test_scored_holes_lie_on_the_head_and_alternate_shapes():
     assert bool((inside >= 0.9).all())
     again, _ = scored_holes(x, seed=0)
     assert torch.equal(masks, again)
+    # A slice with almost no head has no room for a scored hole: an error, or left out.
+    tiny = torch.full((1, 1, 256, 256), -1.0)
+    tiny[..., 120:136, 120:136] = 0.0
+    with pytest.raises(ValueError, match="no box hole"):
+        scored_holes(tiny, seed=0)
+    m, k = scored_holes(torch.cat([tiny, x[:1]]), seed=0, index=[0, 1], skip=True)
+    assert k == [None, "stroke"] and m[0].sum() == 0 and m[1].sum() > 0
 
 
 def _tiny_twin(out_dir, steps, **config):
