@@ -348,7 +348,7 @@ def held_out(name: str, split: str = "test", n: int | None = None, size: int = C
     slices' ``index`` in the split. ``images_u8`` replaces the split's slices (e.g. a modified
     copy of them), ``index`` then says which slices of the split they are (default 0..N-1), which
     keys their scan noise and holes. Inpainting leaves out the slices whose head has no room for
-    a scored hole (:func:`scored_holes`) and counts them in ``skipped``."""
+    a scored hole (:func:`scored_holes`): ``index`` says which slices remain."""
     task = TASKS[name]
     if images_u8 is None:
         u8 = load_ct(split, size).images
@@ -366,7 +366,7 @@ def held_out(name: str, split: str = "test", n: int | None = None, size: int = C
             raise ValueError(f"none of the {len(kinds)} slices has room for a hole on the head")
         truth, masks = truth[keep], masks[keep]
         out |= {"truth": truth, "index": idx[keep], "inputs": inpaint_input(truth, masks), "masks": masks,
-                "kinds": [kinds[i] for i in keep], "skipped": len(kinds) - len(keep)}
+                "kinds": [kinds[i] for i in keep]}
     else:
         out["inputs"] = _to_tensor(scan(u8, task.task, task.level, split, reference_photons, index=idx))
     return out
