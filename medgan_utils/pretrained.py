@@ -183,7 +183,9 @@ def join_runs(first: str | os.PathLike, second: str | os.PathLike, out: str | os
     from *when it ran*; ``stages[0]["command"]`` says how that file was made."""
     m1, (model, m2) = read_metadata(first), load(second)
     h1, h2 = History.from_json(history_path(first)), History.from_json(history_path(second))
-    history = History(records=h1.records + [{**r, "step": r["step"] + h1.step} for r in h2.records],
+    later = [{**r, "step": r["step"] + h1.step, **({"wall_s": r["wall_s"] + h1.wall_s} if "wall_s" in r else {})}
+             for r in h2.records]
+    history = History(records=h1.records + later,
                       stopped=h2.stopped, step=h1.step + h2.step, wall_s=h1.wall_s + h2.wall_s)
     stages = [*m1.get("stages", [{k: m1[k] for k in STAGE_FACTS if k in m1}]),
               {k: m2[k] for k in STAGE_FACTS if k in m2}]

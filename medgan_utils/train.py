@@ -255,6 +255,20 @@ def fit(
 _MODEL_KEYS = ("kind", "config", "gan")
 
 
+def _with_defaults(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The header with its config completed by the config class's defaults, so a run saved before
+    a field was added (e.g. a learning-rate schedule, default off) matches the same config now."""
+    from .registry import config_from_dict, get_kind
+
+    header = dict(header)
+    try:
+        config = config_from_dict(get_kind(header["kind"]), header["config"])
+        header["config"] = json.loads(json.dumps(asdict(config), default=str))
+    except (KeyError, TypeError, ValueError):
+        pass  # not a registered kind's header: compared as it is
+    return header
+
+
 def _check_same_model(ckpt: Path, meta: Mapping[str, Any]) -> None:
     from .checkpoint import read_metadata
 
@@ -262,7 +276,7 @@ def _check_same_model(ckpt: Path, meta: Mapping[str, Any]) -> None:
         saved = read_metadata(ckpt)
     except CheckpointError:
         return  # _resume reports the unreadable file
-    now = json.loads(json.dumps(dict(meta), default=str))
+    saved, now = _with_defaults(saved), _with_defaults(json.loads(json.dumps(dict(meta), default=str)))
     differ = [k for k in _MODEL_KEYS if k in saved and k in now and saved[k] != now[k]]
     if differ:
         fields = sorted({f for k in differ if isinstance(saved[k], dict)
