@@ -16,6 +16,7 @@ from medgan_utils.reconstruction import (
     bm3d_denoise,
     choose_weight,
     evaluate_task,
+    held_out,
     hole_masks,
     inpaint_input,
     scan,
@@ -414,3 +415,28 @@ def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
     other = ReconConfig(task="lowdose", width=4, decay_steps=10).to_dict()
     with pytest.raises(CheckpointError, match="decay_steps"):
         _check_same_model(tmp_path / "last.safetensors", {"kind": "recon", "config": other})
+
+
+def test_a_resumed_fit_continues_the_learning_rate_schedule(tmp_path):
+    from medgan_utils.train import FitConfig, fit
+
+    clean = _smooth_images(4, 32)
+    batches = [((clean + 0.1 * torch.randn_like(clean, generator=torch.Generator().manual_seed(i))).clamp(-1, 1), clean)
+               for i in range(3)]
+    c = ReconConfig(task="lowdose", width=4, lr=4e-4, constant_steps=2, decay_steps=4)
+    cfg = dict(log_every=1, ckpt_every=1)
+    fit(ReconModel(c), batches, FitConfig(steps=3, **cfg), out_dir=tmp_path, progress=False)
+    resumed = ReconModel(c)
+    fit(resumed, batches, FitConfig(steps=5, **cfg), out_dir=tmp_path, progress=False)
+    assert resumed.step == 5
+    assert resumed.opt_G.param_groups[0]["lr"] == pytest.approx(4e-4 * (1 - (4 - 2) / 4))  # step 4's rate
+
+
+@pytest.mark.needs_ct
+def test_held_out_inpainting_leaves_out_a_slice_with_no_room_for_a_hole():
+    real = load_ct("test", 256).images[:1]
+    crown = np.zeros_like(real)
+    crown[0, 120:136, 120:136] = 120  # a 16 px head: no hole fits 90 % on it
+    h = held_out("inpaint_ct", "test", images_u8=np.concatenate([crown, real]), index=np.array([7, 0]))
+    assert h["index"].tolist() == [0] and len(h["truth"]) == len(h["inputs"]) == len(h["masks"]) == 1
+    assert h["kinds"] == ["box"]
