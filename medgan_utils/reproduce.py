@@ -137,11 +137,13 @@ class Row:
 
 
 def same_device(reference: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
-    """True when both records name the same device and, where both say, the same CPU vector
-    instruction set and thread count (a reference made on an AVX-512 CPU, or on one thread, is
-    "another device" for an AVX2 CPU, or for two threads)."""
+    """True when both records name the same device and, where both say, the same CPU model,
+    vector instruction set and thread count (a reference made on an AVX-512 CPU, or on one
+    thread, is "another device" for an AVX2 CPU, or for two threads). The model matters too:
+    with the same AVX-512 and one thread, an Intel Xeon and an AMD EPYC differed in the 7th digit
+    of KIDs and gradient norms (the math libraries pick their kernels by vendor)."""
     same = reference.get("device") == now.get("device")
-    for fact in ("cpu_capability", "torch_threads"):  # each changes how a CPU rounds
+    for fact in ("cpu", "cpu_capability", "torch_threads"):  # each changes how a CPU rounds
         pair = [r.get("machine", {}).get(fact) for r in (reference, now)]
         same = same and (None in pair or pair[0] == pair[1])
     return same

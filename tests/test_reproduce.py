@@ -197,7 +197,7 @@ def test_a_real_run_writes_only_its_scratch_folder_and_fails_on_a_changed_number
     assert (tmp_path / "run" / "results" / "00_getting_started.json").exists()
 
 
-def test_another_thread_count_or_instruction_set_is_another_device():
+def test_another_cpu_thread_count_or_instruction_set_is_another_device():
     from medgan_utils.reproduce import same_device
 
     ref = {"device": "cpu", "machine": {"cpu_capability": "AVX2", "torch_threads": 1}}
@@ -206,3 +206,6 @@ def test_another_thread_count_or_instruction_set_is_another_device():
     assert not same_device(ref, {"device": "cpu", "machine": {"cpu_capability": "AVX512", "torch_threads": 1}})
     assert not same_device(ref, {"device": "cuda", "machine": ref["machine"]})
     assert same_device({"device": "cpu"}, ref), "a record without machine facts is compared by device"
+    amd = {"device": "cpu", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "torch_threads": 1}}
+    intel = {"device": "cpu", "machine": {**amd["machine"], "cpu": "Intel(R) Xeon(R) Processor"}}
+    assert same_device(amd, amd) and not same_device(amd, intel)
