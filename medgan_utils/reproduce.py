@@ -22,6 +22,7 @@ Introduced in ``notebooks/00_getting_started.ipynb`` (section 7, "Numbers go to 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fnmatch
 import json
@@ -264,7 +265,7 @@ def execute(path: Path, target: Path, parameters: Mapping[str, Any], env: Mappin
 
 def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[str, Any] | None = None,
               out_dir: str | os.PathLike | None = None, references: str | os.PathLike | None = None,
-              threads: int = 1, update_quick_references: bool = False, log=print) -> int:
+              threads: int = 1, update_quick_references: bool = False, jobs: int = 1, log=print) -> int:
     """Execute notebooks into a scratch folder and compare their results with the references.
 
     Args:
@@ -276,6 +277,8 @@ def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[st
         threads: ``OMP_NUM_THREADS`` of the kernels; 0 keeps the environment's.
         update_quick_references: after a successful quick run, copy its results files to
             ``results/quick/`` (for developers, when a notebook's quick numbers change on purpose).
+        jobs: notebooks executed at once (each kernel still uses ``threads`` threads, so the
+            numbers are those of a one-at-a-time run; 2 on a 2-core machine halves the wall time).
 
     Returns:
         0 when every notebook ran and every metric is within its tolerance, else 1 (the process
@@ -283,6 +286,8 @@ def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[st
     """
     if update_quick_references and not quick:
         raise SystemExit("--update-quick-references rewrites results/quick/: add --quick")
+    if jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, not {jobs}")
     paths = select_notebooks(names)
     stamp = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     out = (Path(out_dir) if out_dir else SCRATCH_DIR / stamp).resolve()  # kernels run in notebooks/
@@ -297,26 +302,35 @@ def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[st
     with _environment(env):
         here = machine()
     log(f"reproducing {len(paths)} notebook(s) {parameters or '(default parameters)'} into {out}; "
-        f"references: {ref_dir}; threads: {threads or 'as set in the environment'}")
-    for path in paths:
+        f"references: {ref_dir}; threads: {threads or 'as set in the environment'}; jobs: {jobs}")
+    def run(path: Path) -> tuple[float, str | None]:
+        """Execute one notebook; (seconds, None) or (seconds, the error's last line)."""
         t0 = time.perf_counter()
-        stale = results / f"{path.stem}.json"
-        stale.unlink(missing_ok=True)  # a re-used --out folder must not lend an old file
+        (results / f"{path.stem}.json").unlink(missing_ok=True)  # a re-used --out must not lend an old file
         try:
             execute(path, out / "notebooks" / path.name, parameters, env)
         except Exception as err:  # a failing cell is a result: report it, go on
             first = str(err).strip().splitlines()
-            rows.append(Row(path.stem, "(execution)", None, type(err).__name__, "", False, "error"))
-            log(f"   {path.name} failed after {time.perf_counter() - t0:.0f} s: "
-                f"{first[-1] if first else type(err).__name__} (see {out / 'notebooks' / path.name})")
-            continue
-        timings[path.stem] = round(time.perf_counter() - t0, 1)
-        log(f"   {path.name}: {timings[path.stem]} s")
-        now = _read(stale)
-        if now is not None:  # the kernels ran here, on this machine
-            now["machine"] = here
-            write_json(stale, now)
-        rows += compare(path.stem, _read(ref_dir / f"{path.stem}.json"), now)
+            return time.perf_counter() - t0, f"{type(err).__name__}: {first[-1] if first else ''}"
+        return time.perf_counter() - t0, None
+
+    # The environment is set once around every kernel start: the threads' own (identical) settings
+    # then restore the same values, so one finishing cannot unset another's.
+    with _environment(env), concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = pool.map(run, paths)  # in order, whichever finishes first
+        for path, (seconds, error) in zip(paths, outcomes):
+            if error is not None:
+                rows.append(Row(path.stem, "(execution)", None, error.split(":")[0], "", False, "error"))
+                log(f"   {path.name} failed after {seconds:.0f} s: {error} "
+                    f"(see {out / 'notebooks' / path.name})")
+                continue
+            timings[path.stem] = round(seconds, 1)
+            log(f"   {path.name}: {timings[path.stem]} s")
+            now = _read(results / f"{path.stem}.json")
+            if now is not None:  # the kernels ran here, on this machine
+                now["machine"] = here
+                write_json(results / f"{path.stem}.json", now)
+            rows += compare(path.stem, _read(ref_dir / f"{path.stem}.json"), now)
     failed = [r for r in rows if not r.ok]
     table = format_table(rows)
     log(table)
@@ -326,7 +340,7 @@ def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[st
                "regressions": len(failed)}
     write_json(out / "report.json", {
         "ok": not failed, "summary": summary, "quick": quick, "parameters": parameters, "machine": here,
-        "references": str(ref_dir), "commit": git_commit(), "timings_s": timings,
+        "references": str(ref_dir), "commit": git_commit(), "timings_s": timings, "jobs": jobs,
         "tolerances": [{"pattern": p, **asdict(t)} for p, t in TOLERANCES],
         "rows": [asdict(r) for r in rows]})
     log(f"{summary['metrics']} metrics of {len(paths)} notebook(s): {summary['same']} identical, "

@@ -73,7 +73,7 @@ def test_every_notebook_runs_and_reproduces_its_quick_reference(tmp_path):
     from medgan_utils.cli import main
     from medgan_utils.reproduce import Row, format_table
 
-    code = main(["reproduce", "--quick", "--out", str(tmp_path)])
+    code = main(["reproduce", "--quick", "--jobs", "2", "--out", str(tmp_path)])  # two at a time
     report = json.loads((tmp_path / "report.json").read_text())
     failed = [Row(**r) for r in report["rows"] if not r["ok"]]
     assert code == 0 and not failed, (

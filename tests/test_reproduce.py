@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,45 @@ def test_exit_code_environment_and_quick_references(tmp_path, monkeypatch):
         main(["reproduce", "00", "--update-quick-references"])
     with pytest.raises(SystemExit, match="no notebook matches"):
         main(["reproduce", "99", "--quick"])
+
+
+def test_jobs_run_notebooks_at_once_and_report_them_in_order(tmp_path, monkeypatch):
+    """--jobs 2: two kernels overlap; each sees the whole environment for as long as it runs (one
+    finishing first must not unset the other's), a failure is still one error row, the rows and
+    timings keep the notebooks' order, and the environment is restored afterwards."""
+    pytest.importorskip("papermill")
+    import threading
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "00_getting_started.json").write_text(json.dumps(record({"fd": 1.0}, params={"quick": True})))
+    both_started = threading.Barrier(2, timeout=30)
+    seen: list = []
+
+    def execute_notebook(input_path, output_path, parameters, cwd, **kwargs):
+        stem = Path(input_path).stem
+        both_started.wait()  # only returns if the two run at the same time
+        if stem.startswith("00"):
+            time.sleep(0.2)  # 01 finishes first...
+        seen.append((stem, os.environ.get("MEDGAN_RESULTS_DIR"), os.environ.get("OMP_NUM_THREADS")))
+        Path(output_path).write_text("{}")
+        if stem.startswith("01"):
+            raise RuntimeError("a cell raised")
+        out = Path(os.environ["MEDGAN_RESULTS_DIR"]) / f"{stem}.json"
+        out.write_text(json.dumps(record({"fd": 1.0}, params=parameters)))
+
+    monkeypatch.setattr("papermill.execute_notebook", execute_notebook)
+    assert main(["reproduce", "00", "01", "--quick", "--jobs", "2", "--out", str(tmp_path / "a"),
+                 "--references", str(refs)]) == 1
+    results = str(tmp_path / "a" / "results")
+    assert sorted(seen) == [("00_getting_started", results, "1"), ("01_vanilla_gan", results, "1")]
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in report["rows"]] == [
+        ("00_getting_started", "same"), ("01_vanilla_gan", "error")]
+    assert list(report["timings_s"]) == ["00_getting_started"] and report["jobs"] == 2
+    assert "MEDGAN_RESULTS_DIR" not in os.environ
+    with pytest.raises(SystemExit, match="--jobs"):
+        main(["reproduce", "00", "--quick", "--jobs", "0", "--out", str(tmp_path / "b")])
 
 
 def _snapshot() -> dict[str, tuple[int, int]]:
