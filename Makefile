@@ -37,7 +37,7 @@ course: data notebooks book
 else
 course: data
 	rm -rf runs/notebooks runs/course
-	MEDGAN_RESULTS_DIR="$(abspath runs/course)/results" $(PY) -m medgan_utils.cli run-notebooks --no-inplace
+	MEDGAN_RESULTS_DIR="$(abspath runs/course)/results" $(PY) -m medgan_utils.cli run-notebooks --no-inplace --jobs 2
 	bash book/build.sh --assets-only
 	mkdir -p runs/course/book
 	tar -C book --exclude=_build --exclude=node_modules -cf - . | tar -C runs/course/book -xf -
@@ -50,7 +50,7 @@ endif
 
 # In place: rewrites notebooks/*.ipynb and results/*.json (make course INPLACE=1 runs this).
 notebooks: data
-	$(PY) -m medgan_utils.cli run-notebooks
+	$(PY) -m medgan_utils.cli run-notebooks --jobs 2
 
 book: venv
 	bash book/build.sh
@@ -61,7 +61,7 @@ test: venv
 	$(PY) -m pytest -p no:cacheprovider
 
 quick: venv
-	$(PY) -m medgan_utils.cli run-notebooks --quick --no-inplace
+	$(PY) -m medgan_utils.cli run-notebooks --quick --no-inplace --jobs 2
 
 lint: venv
 	$(PY) -m ruff check .

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OMP_NUM_THREADS of the kernels: 1, as `medgan reproduce` runs them, so the "
                         "committed numbers reproduce (GAN training rounds differently on another "
                         "thread count); 0 keeps the environment's (default: %(default)s)")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="notebooks executed at once, each on --threads threads (default: %(default)s)")
 
     rp = sub.add_parser("reproduce", help="re-execute notebooks into runs/reproduce/ and compare their "
                         "numbers with the committed results (non-zero exit on a regression)",
@@ -529,22 +531,27 @@ def cmd_download(ns) -> int:
 def cmd_run_notebooks(ns) -> int:
     import os
 
-    from .reproduce import execute, kernel_environment, parse_params, select_notebooks
+    from .reproduce import execute_all, kernel_environment, parse_params, select_notebooks
     from .utils import REPO_ROOT
 
     params = {**({"quick": True} if ns.quick else {}), **parse_params(ns.param)}
     results = os.environ.get("MEDGAN_RESULTS_DIR")  # make course sends them to runs/course/
     env = kernel_environment(Path(results) if results else None, ns.quick, ns.threads)
-    timings = {}
-    for path in select_notebooks(ns.names):
-        target = path if ns.inplace else REPO_ROOT / "runs" / "notebooks" / path.name
-        t0 = time.perf_counter()
-        print(f"== {path.name} {params or '(default parameters)'}", flush=True)
-        execute(path, target, params, env)
-        timings[path.name] = round(time.perf_counter() - t0, 1)
-        print(f"   done in {timings[path.name]} s", flush=True)
+    paths = select_notebooks(ns.names)
+    targets = [path if ns.inplace else REPO_ROOT / "runs" / "notebooks" / path.name for path in paths]
+    timings, failed = {}, []
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    for path, target, (seconds, error) in zip(paths, targets, execute_all(paths, targets, params, env, ns.jobs, log)):
+        timings[path.name] = round(seconds, 1)
+        if error:
+            failed.append(path.name)
+            print(f"   {path.name} FAILED after {seconds:.0f} s: {error} (see {target})", flush=True)
+        else:
+            print(f"   {path.name} done in {timings[path.name]} s", flush=True)
     print(json.dumps(timings, indent=1))
-    return 0
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_reproduce(ns) -> int:

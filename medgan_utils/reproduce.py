@@ -263,6 +263,32 @@ def execute(path: Path, target: Path, parameters: Mapping[str, Any], env: Mappin
                             kernel_name="python3", progress_bar=False, log_output=False)
 
 
+def execute_all(paths: Sequence[Path], targets: Sequence[Path], parameters: Mapping[str, Any],
+                env: Mapping[str, str], jobs: int = 1, log=None) -> Iterator[tuple[float, str | None]]:
+    """Execute notebooks (``jobs`` at once) with :func:`execute`; yields, in the order of
+    ``paths`` as each is done, ``(seconds, None)`` or ``(seconds, "ErrorType: last line")`` (a
+    failing notebook is reported, the others still run). ``log`` (if given) hears when each starts."""
+    if jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, not {jobs}")
+
+    def run(path_target: tuple[Path, Path]) -> tuple[float, str | None]:
+        path, target = path_target
+        if log:
+            log(f"== {path.name} {dict(parameters) or '(default parameters)'}")
+        t0 = time.perf_counter()
+        try:
+            execute(path, target, parameters, env)
+        except Exception as err:
+            first = str(err).strip().splitlines()
+            return time.perf_counter() - t0, f"{type(err).__name__}: {first[-1] if first else ''}"
+        return time.perf_counter() - t0, None
+
+    # The environment is set once around every kernel start: each thread's own (identical) setting
+    # then restores the same values, so a notebook that finishes first cannot unset another's.
+    with _environment(env), concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        yield from pool.map(run, zip(paths, targets))
+
+
 def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[str, Any] | None = None,
               out_dir: str | os.PathLike | None = None, references: str | os.PathLike | None = None,
               threads: int = 1, update_quick_references: bool = False, jobs: int = 1, log=print) -> int:
@@ -303,34 +329,22 @@ def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[st
         here = machine()
     log(f"reproducing {len(paths)} notebook(s) {parameters or '(default parameters)'} into {out}; "
         f"references: {ref_dir}; threads: {threads or 'as set in the environment'}; jobs: {jobs}")
-    def run(path: Path) -> tuple[float, str | None]:
-        """Execute one notebook; (seconds, None) or (seconds, the error's last line)."""
-        t0 = time.perf_counter()
-        (results / f"{path.stem}.json").unlink(missing_ok=True)  # a re-used --out must not lend an old file
-        try:
-            execute(path, out / "notebooks" / path.name, parameters, env)
-        except Exception as err:  # a failing cell is a result: report it, go on
-            first = str(err).strip().splitlines()
-            return time.perf_counter() - t0, f"{type(err).__name__}: {first[-1] if first else ''}"
-        return time.perf_counter() - t0, None
-
-    # The environment is set once around every kernel start: the threads' own (identical) settings
-    # then restore the same values, so one finishing cannot unset another's.
-    with _environment(env), concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        outcomes = pool.map(run, paths)  # in order, whichever finishes first
-        for path, (seconds, error) in zip(paths, outcomes):
-            if error is not None:
-                rows.append(Row(path.stem, "(execution)", None, error.split(":")[0], "", False, "error"))
-                log(f"   {path.name} failed after {seconds:.0f} s: {error} "
-                    f"(see {out / 'notebooks' / path.name})")
-                continue
-            timings[path.stem] = round(seconds, 1)
-            log(f"   {path.name}: {timings[path.stem]} s")
-            now = _read(results / f"{path.stem}.json")
-            if now is not None:  # the kernels ran here, on this machine
-                now["machine"] = here
-                write_json(results / f"{path.stem}.json", now)
-            rows += compare(path.stem, _read(ref_dir / f"{path.stem}.json"), now)
+    for path in paths:  # a re-used --out folder must not lend an old file
+        (results / f"{path.stem}.json").unlink(missing_ok=True)
+    outcomes = execute_all(paths, [out / "notebooks" / p.name for p in paths], parameters, env, jobs)
+    for path, (seconds, error) in zip(paths, outcomes):
+        if error is not None:
+            rows.append(Row(path.stem, "(execution)", None, error.split(":")[0], "", False, "error"))
+            log(f"   {path.name} failed after {seconds:.0f} s: {error} "
+                f"(see {out / 'notebooks' / path.name})")
+            continue
+        timings[path.stem] = round(seconds, 1)
+        log(f"   {path.name}: {timings[path.stem]} s")
+        now = _read(results / f"{path.stem}.json")
+        if now is not None:  # the kernels ran here, on this machine
+            now["machine"] = here
+            write_json(results / f"{path.stem}.json", now)
+        rows += compare(path.stem, _read(ref_dir / f"{path.stem}.json"), now)
     failed = [r for r in rows if not r.ok]
     table = format_table(rows)
     log(table)

@@ -249,3 +249,22 @@ def test_another_cpu_thread_count_or_instruction_set_is_another_device():
     amd = {"device": "cpu", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "torch_threads": 1}}
     intel = {"device": "cpu", "machine": {**amd["machine"], "cpu": "Intel(R) Xeon(R) Processor"}}
     assert same_device(amd, amd) and not same_device(amd, intel)
+
+
+def test_run_notebooks_runs_every_notebook_and_fails_after_them_if_one_failed(monkeypatch, capsys):
+    """``medgan run-notebooks`` (make course) shares reproduce's executor: with --jobs 2 both
+    notebooks run, the failing one is named, the exit code is 1, and in-place means in place."""
+    pytest.importorskip("papermill")
+    calls = []
+
+    def execute_notebook(input_path, output_path, parameters, cwd, **kwargs):
+        calls.append((Path(input_path).name, Path(output_path) == Path(input_path), os.environ.get("MEDGAN_QUICK")))
+        if "01_" in input_path:
+            raise RuntimeError("a cell raised")
+
+    monkeypatch.setattr("papermill.execute_notebook", execute_notebook)
+    assert main(["run-notebooks", "00", "01", "--quick", "--jobs", "2"]) == 1
+    assert sorted(calls) == [("00_getting_started.ipynb", True, "1"), ("01_vanilla_gan.ipynb", True, "1")]
+    out, err = capsys.readouterr()
+    assert "00_getting_started.ipynb done" in out and "01_vanilla_gan.ipynb FAILED" in out
+    assert "1 notebook(s) failed: 01_vanilla_gan.ipynb" in err
