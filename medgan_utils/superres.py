@@ -35,8 +35,8 @@ from .stats import paired_ci
 from .train import FitConfig, fit
 from .utils import CHECKPOINT_DIR, REPO_ROOT
 
-__all__ = ["METHODS", "encoder_path", "feature_distance", "interpolate", "load_patch_encoder",
-           "compare_methods", "detail_ratio", "evaluate_model", "flatten_summary", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "score_outputs", "score_sr", "train_patch_encoder"]
+__all__ = ["METHODS", "encoder_path", "feature_distance", "feature_distances", "interpolate", "load_patch_encoder",
+           "compare_methods", "detail_ratio", "evaluate_model", "flatten_summary", "high_frequency_excess", "held_out_pairs", "lr_images", "masked_psnr", "masked_ssim", "resolve", "ssim_in", "ssim_map", "score_outputs", "score_sr", "train_patch_encoder"]
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METHODS = BASELINES  # models are added by name in the notebook
@@ -138,35 +138,54 @@ def masked_psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = No
     return 10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))
 
 
+def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """MONAI's SSIM map (11 px Gaussian window) of (B, C, H, W) against (B, C, H, W), averaged over
+    channels: (B, 1, H - 10, W - 10), one value per window centre."""
+    smap, _ = compute_ssim_and_cs(x.float(), y.float(), spatial_dims=2, kernel_size=[SSIM_WINDOW] * 2,
+                                  kernel_sigma=[1.5, 1.5], data_range=data_range)
+    return smap.mean(1, keepdim=True)
+
+
+def ssim_in(smap: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image mean of an :func:`ssim_map` over the window centres where ``mask`` (B, 1, H, W)
+    is true (cropped to the map), or over all of it."""
+    if mask is None:
+        return smap.flatten(1).mean(1)
+    r = SSIM_WINDOW // 2
+    m = mask[..., r:-r, r:-r].float()
+    return (smap * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
 def masked_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
                 data_range: float = 2.0) -> torch.Tensor:
     """Per-image SSIM (MONAI's 11 px Gaussian window) averaged over the window centres where
     ``mask`` is true (the SSIM map is 10 px smaller than the image: the mask is cropped to it)."""
-    ssim_map, _ = compute_ssim_and_cs(x.float(), y.float(), spatial_dims=2, kernel_size=[SSIM_WINDOW] * 2,
-                                      kernel_sigma=[1.5, 1.5], data_range=data_range)
-    ssim_map = ssim_map.mean(1, keepdim=True)
-    if mask is None:
-        return ssim_map.flatten(1).mean(1)
-    r = SSIM_WINDOW // 2
-    m = mask[..., r:-r, r:-r].float()
-    return (ssim_map * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return ssim_in(ssim_map(x, y, data_range), mask)
 
 
 @torch.no_grad()
+def feature_distances(encoder: PatchAutoencoder, xs: Mapping[str, torch.Tensor], y: torch.Tensor,
+                      batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """:func:`feature_distance` of several methods' outputs to the same ``y``, encoding each batch
+    of ``y`` once (the same numbers as one call per method, in fewer encoder passes)."""
+    dev = next(encoder.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in xs}
+    for i in range(0, len(y), batch_size):
+        fy = encoder.feature_maps(y[i:i + batch_size].to(dev))
+        for k, x in xs.items():
+            fx = encoder.feature_maps(x[i:i + batch_size].to(dev))
+            d = sum((a - b).square().flatten(1).mean(1) / b.square().flatten(1).mean(1).clamp_min(1e-6)
+                    for a, b in zip(fx, fy)) / len(fx)
+            out[k].append(d.cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def feature_distance(encoder: PatchAutoencoder, x: torch.Tensor, y: torch.Tensor,
                      batch_size: int = 4) -> torch.Tensor:
     """Per-image distance of ``x`` to ``y`` (B, C, H, W) in an encoder's feature maps: the mean
     over its stages of the MSE between the maps, divided by the mean square of ``y``'s map (per
     image here; :func:`~.models.sr.feature_loss` divides by the batch's). 0 for identical images."""
-    dev = next(encoder.parameters()).device
-    out = []
-    for i in range(0, len(x), batch_size):
-        fx = encoder.feature_maps(x[i:i + batch_size].to(dev))
-        fy = encoder.feature_maps(y[i:i + batch_size].to(dev))
-        d = sum((a - b).square().flatten(1).mean(1) / b.square().flatten(1).mean(1).clamp_min(1e-6)
-                for a, b in zip(fx, fy)) / len(fx)
-        out.append(d.cpu())
-    return torch.cat(out)
+    return feature_distances(encoder, {"x": x}, y, batch_size)["x"]
 
 
 def run_method(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, batch_size: int = 4) -> tuple[torch.Tensor, float]:
@@ -216,18 +235,19 @@ def score_outputs(outputs: Mapping[str, torch.Tensor], hr: torch.Tensor, judge: 
         (lower is better).
     """
     per: dict[str, dict[str, torch.Tensor]] = {}
-    hr_crop = _head_crops(hr, mask, feature_side)
     for name, out in outputs.items():
-        m = {"psnr": masked_psnr(out, hr, mask), "ssim": masked_ssim(out, hr, mask),
-             "detail": detail_ratio(out, hr, mask)}
+        smap = ssim_map(out, hr)  # once for the masked and the whole-image SSIM
+        m = {"psnr": masked_psnr(out, hr, mask), "ssim": ssim_in(smap, mask), "detail": detail_ratio(out, hr, mask)}
         if mask is not None:
-            m |= {"psnr_whole": masked_psnr(out, hr), "ssim_whole": masked_ssim(out, hr)}
-        crop = _head_crops(out, mask, feature_side) if judge is not None or loss_net is not None else None
-        if judge is not None:
-            m["feature"] = feature_distance(judge, crop, hr_crop)
-        if loss_net is not None:
-            m["feature_loss_net"] = feature_distance(loss_net, crop, hr_crop)
+            m |= {"psnr_whole": masked_psnr(out, hr), "ssim_whole": ssim_in(smap)}
         per[name] = m
+    if judge is not None or loss_net is not None:
+        hr_crop = _head_crops(hr, mask, feature_side)
+        crops = {name: _head_crops(out, mask, feature_side) for name, out in outputs.items()}
+        for key, net in (("feature", judge), ("feature_loss_net", loss_net)):
+            if net is not None:
+                for name, d in feature_distances(net, crops, hr_crop).items():
+                    per[name][key] = d
     summary: dict[str, dict[str, Any]] = {}
     refs = (against,) if isinstance(against, str) else tuple(against)
     for name, m in per.items():

@@ -23,6 +23,7 @@ from medgan_utils.superres import (
     lr_images,
     masked_psnr,
     masked_ssim,
+    score_outputs,
     score_sr,
 )
 
@@ -235,6 +236,34 @@ def test_baselines_and_yardstick_rank_known_worse_outputs_as_worse():
     assert res["noisy"]["feature"] > res["bicubic"]["feature"]
     assert res["nearest"]["psnr_vs_bicubic"].mean < 0  # the per-image difference with its CI
     assert float(feature_distance(enc, hr, hr).max()) == 0.0
+
+
+def test_score_outputs_shares_work_and_gives_the_numbers_of_one_call_per_method():
+    """score_outputs computes one SSIM map per method (masked and whole) and encodes each batch of
+    the truth once for all methods: the numbers must be exactly those of the one-method helpers."""
+    from medgan_utils.superres import feature_distances
+
+    torch.manual_seed(1)
+    hr = torch.rand(5, 1, 32, 32) * 2 - 1
+    mask = torch.zeros(5, 1, 32, 32, dtype=torch.bool)
+    mask[..., 4:28, 6:30] = True
+    outs = {"a": (hr + 0.1 * torch.randn_like(hr)).clamp(-1, 1), "b": hr.flip(-1)}
+    enc = PatchAutoencoder(PatchAutoencoderConfig(width=4, latent_channels=2)).eval()
+    per = score_outputs(outs, hr, enc, mask, against="a", feature_side=32)["per_image"]
+    many = feature_distances(enc, outs, hr, batch_size=2)  # 5 images: the last batch has one
+    def by_hand(x, y):  # the definition, image by image, independent of the batched code
+        with torch.no_grad():
+            return torch.tensor([float(sum(((a - b) ** 2).mean() / (b ** 2).mean() for a, b in zip(
+                enc.feature_maps(x[i:i + 1]), enc.feature_maps(y[i:i + 1]))) / len(enc.feature_maps(y[:1])))
+                for i in range(len(x))])
+
+    for k, x in outs.items():
+        assert torch.allclose(many[k], by_hand(x, hr), rtol=1e-5)
+        assert torch.equal(per[k]["ssim"], masked_ssim(x, hr, mask))
+        assert torch.equal(per[k]["ssim_whole"], masked_ssim(x, hr))
+        assert torch.equal(per[k]["feature"], feature_distance(enc, x, hr))
+        assert torch.equal(many[k], feature_distance(enc, x, hr, batch_size=2))
+    assert float(per["b"]["feature"].mean()) > float(per["a"]["feature"].mean())  # flipped is farther
 
 
 @pytest.mark.needs_ct
