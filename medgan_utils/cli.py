@@ -540,14 +540,18 @@ def cmd_run_notebooks(ns) -> int:
     paths = select_notebooks(ns.names)
     targets = [path if ns.inplace else REPO_ROOT / "runs" / "notebooks" / path.name for path in paths]
     timings, failed = {}, []
-    log = lambda line: print(line, flush=True)  # noqa: E731
-    for path, target, (seconds, error) in zip(paths, targets, execute_all(paths, targets, params, env, ns.jobs, log)):
-        timings[path.name] = round(seconds, 1)
-        if error:
-            failed.append(path.name)
-            print(f"   {path.name} FAILED after {seconds:.0f} s: {error} (see {target})", flush=True)
-        else:
+
+    def done(path: Path, seconds: float, error: str | None) -> None:
+        if error is None:
+            timings[path.name] = round(seconds, 1)
             print(f"   {path.name} done in {timings[path.name]} s", flush=True)
+        else:
+            failed.append(path.name)
+            print(f"   {path.name} FAILED after {seconds:.0f} s (the executed copy, if the kernel started: "
+                  f"{targets[paths.index(path)]}):\n{error}", file=sys.stderr, flush=True)
+
+    print(f"executing {len(paths)} notebook(s) {params or '(default parameters)'}, {ns.jobs} at a time", flush=True)
+    execute_all(paths, targets, params, env, ns.jobs, done)
     print(json.dumps(timings, indent=1))
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -264,30 +264,65 @@ def execute(path: Path, target: Path, parameters: Mapping[str, Any], env: Mappin
 
 
 def execute_all(paths: Sequence[Path], targets: Sequence[Path], parameters: Mapping[str, Any],
-                env: Mapping[str, str], jobs: int = 1, log=None) -> Iterator[tuple[float, str | None]]:
-    """Execute notebooks (``jobs`` at once) with :func:`execute`; yields, in the order of
-    ``paths`` as each is done, ``(seconds, None)`` or ``(seconds, "ErrorType: last line")`` (a
-    failing notebook is reported, the others still run). ``log`` (if given) hears when each starts."""
+                env: Mapping[str, str], jobs: int = 1,
+                done: Callable[[Path, float, str | None], None] | None = None) -> list[tuple[float, str | None]]:
+    """Execute notebooks with :func:`execute`, ``jobs`` at once; a failing notebook is reported
+    and the others still run.
+
+    Returns, in the order of ``paths``, ``(seconds, None)`` or ``(seconds, "ErrorType: message")``;
+    ``done(path, seconds, error)`` is called as each finishes. With one job the notebooks run in
+    this thread, one after the other. With more, each runs in a worker thread: ``env`` is set once
+    around all of them (each :func:`execute` then re-sets the same values, so one finishing cannot
+    unset another's: every notebook must get the same ``env``), and Ctrl-C cancels the notebooks
+    not yet started and stops the running kernels (their notebooks then fail) before re-raising.
+    """
     if jobs < 1:
         raise SystemExit(f"--jobs must be at least 1, not {jobs}")
 
-    def run(path_target: tuple[Path, Path]) -> tuple[float, str | None]:
-        path, target = path_target
-        if log:
-            log(f"== {path.name} {dict(parameters) or '(default parameters)'}")
+    def run(path: Path, target: Path) -> tuple[float, str | None]:
         t0 = time.perf_counter()
         try:
             execute(path, target, parameters, env)
         except Exception as err:
-            first = str(err).strip().splitlines()
-            return time.perf_counter() - t0, f"{type(err).__name__}: {first[-1] if first else ''}"
+            return time.perf_counter() - t0, f"{type(err).__name__}: {str(err).strip()}"
         return time.perf_counter() - t0, None
 
-    # The environment is set once around every kernel start: each thread's own (identical) setting
-    # then restores the same values, so a notebook that finishes first cannot unset another's.
-    with _environment(env), concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        yield from pool.map(run, zip(paths, targets))
+    outcomes: dict[int, tuple[float, str | None]] = {}
+    with _environment(env):
+        if jobs == 1:
+            for i, (path, target) in enumerate(zip(paths, targets, strict=True)):
+                outcomes[i] = run(path, target)
+                if done:
+                    done(path, *outcomes[i])
+        else:
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+            try:
+                futures = {pool.submit(run, p, t): i for i, (p, t) in enumerate(zip(paths, targets, strict=True))}
+                for f in concurrent.futures.as_completed(futures):
+                    outcomes[futures[f]] = f.result()
+                    if done:
+                        done(paths[futures[f]], *outcomes[futures[f]])
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                _stop_kernels()
+                raise
+            pool.shutdown()
+    return [outcomes[i] for i in range(len(paths))]
 
+
+def _stop_kernels() -> None:
+    """Kill the Jupyter kernels this process started (on Ctrl-C during a parallel run: the worker
+    threads cannot be interrupted, but their notebooks fail at once when the kernel is gone)."""
+    try:
+        import psutil
+    except ImportError:  # ipykernel depends on psutil; without it the running notebooks finish
+        return
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(child.cmdline()):
+                child.kill()
+        except psutil.Error:
+            pass
 
 def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[str, Any] | None = None,
               out_dir: str | os.PathLike | None = None, references: str | os.PathLike | None = None,
@@ -331,15 +366,15 @@ def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[st
         f"references: {ref_dir}; threads: {threads or 'as set in the environment'}; jobs: {jobs}")
     for path in paths:  # a re-used --out folder must not lend an old file
         (results / f"{path.stem}.json").unlink(missing_ok=True)
-    outcomes = execute_all(paths, [out / "notebooks" / p.name for p in paths], parameters, env, jobs)
-    for path, (seconds, error) in zip(paths, outcomes):
+    report = lambda path, seconds, error: log(  # noqa: E731
+        f"   {path.name}: {seconds:.1f} s" if error is None else
+        f"   {path.name} failed after {seconds:.0f} s: {error.strip().splitlines()[-1]} (see {out / 'notebooks' / path.name})")
+    outcomes = execute_all(paths, [out / "notebooks" / p.name for p in paths], parameters, env, jobs, report)
+    for path, (seconds, error) in zip(paths, outcomes, strict=True):
         if error is not None:
             rows.append(Row(path.stem, "(execution)", None, error.split(":")[0], "", False, "error"))
-            log(f"   {path.name} failed after {seconds:.0f} s: {error} "
-                f"(see {out / 'notebooks' / path.name})")
             continue
         timings[path.stem] = round(seconds, 1)
-        log(f"   {path.name}: {timings[path.stem]} s")
         now = _read(results / f"{path.stem}.json")
         if now is not None:  # the kernels ran here, on this machine
             now["machine"] = here

@@ -171,40 +171,41 @@ def test_exit_code_environment_and_quick_references(tmp_path, monkeypatch):
         main(["reproduce", "99", "--quick"])
 
 
-def test_jobs_run_notebooks_at_once_and_report_them_in_order(tmp_path, monkeypatch):
-    """--jobs 2: two kernels overlap; each sees the whole environment for as long as it runs (one
-    finishing first must not unset the other's), a failure is still one error row, the rows and
-    timings keep the notebooks' order, and the environment is restored afterwards."""
-    pytest.importorskip("papermill")
+@pytest.mark.parametrize("slow_first", [True, False], ids=["first-finishes-last", "first-finishes-first"])
+def test_jobs_run_notebooks_at_once_and_report_them_in_order(tmp_path, monkeypatch, slow_first):
+    """--jobs 2: two kernels overlap; each sees the whole environment for as long as it runs, in
+    either finishing order (the stand-in has no environment of its own: only the run's outer
+    setting can provide it), a failure is still one error row, the rows and timings keep the
+    notebooks' order, and the environment is restored afterwards."""
     import threading
 
     refs = tmp_path / "refs"
     refs.mkdir()
-    (refs / "00_getting_started.json").write_text(json.dumps(record({"fd": 1.0}, params={"quick": True})))
+    for stem in ("00_getting_started", "02_dcgan"):
+        (refs / f"{stem}.json").write_text(json.dumps(record({"fd": 1.0}, params={"quick": True})))
     both_started = threading.Barrier(2, timeout=30)
     seen: list = []
 
-    def execute_notebook(input_path, output_path, parameters, cwd, **kwargs):
-        stem = Path(input_path).stem
-        both_started.wait()  # only returns if the two run at the same time
-        if stem.startswith("00"):
-            time.sleep(0.2)  # 01 finishes first...
-        seen.append((stem, os.environ.get("MEDGAN_RESULTS_DIR"), os.environ.get("OMP_NUM_THREADS")))
-        Path(output_path).write_text("{}")
-        if stem.startswith("01"):
+    def execute(path, target, parameters, env):  # stands in for reproduce.execute
+        if path.stem != "02_dcgan":
+            both_started.wait()  # only returns if 00 and 01 run at the same time
+            if (path.stem == "00_getting_started") == slow_first:
+                time.sleep(0.3)
+        seen.append((path.stem, os.environ.get("MEDGAN_RESULTS_DIR"), os.environ.get("OMP_NUM_THREADS")))
+        if path.stem == "01_vanilla_gan":
             raise RuntimeError("a cell raised")
-        out = Path(os.environ["MEDGAN_RESULTS_DIR"]) / f"{stem}.json"
+        out = Path(os.environ["MEDGAN_RESULTS_DIR"]) / f"{path.stem}.json"
         out.write_text(json.dumps(record({"fd": 1.0}, params=parameters)))
 
-    monkeypatch.setattr("papermill.execute_notebook", execute_notebook)
-    assert main(["reproduce", "00", "01", "--quick", "--jobs", "2", "--out", str(tmp_path / "a"),
+    monkeypatch.setattr(rp, "execute", execute)
+    assert main(["reproduce", "00", "01", "02", "--quick", "--jobs", "2", "--out", str(tmp_path / "a"),
                  "--references", str(refs)]) == 1
     results = str(tmp_path / "a" / "results")
-    assert sorted(seen) == [("00_getting_started", results, "1"), ("01_vanilla_gan", results, "1")]
+    assert sorted(seen) == [(stem, results, "1") for stem in ("00_getting_started", "01_vanilla_gan", "02_dcgan")]
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert [(r["notebook"], r["status"]) for r in report["rows"]] == [
-        ("00_getting_started", "same"), ("01_vanilla_gan", "error")]
-    assert list(report["timings_s"]) == ["00_getting_started"] and report["jobs"] == 2
+        ("00_getting_started", "same"), ("01_vanilla_gan", "error"), ("02_dcgan", "same")]
+    assert list(report["timings_s"]) == ["00_getting_started", "02_dcgan"] and report["jobs"] == 2
     assert "MEDGAN_RESULTS_DIR" not in os.environ
     with pytest.raises(SystemExit, match="--jobs"):
         main(["reproduce", "00", "--quick", "--jobs", "0", "--out", str(tmp_path / "b")])
@@ -252,8 +253,9 @@ def test_another_cpu_thread_count_or_instruction_set_is_another_device():
 
 
 def test_run_notebooks_runs_every_notebook_and_fails_after_them_if_one_failed(monkeypatch, capsys):
-    """``medgan run-notebooks`` (make course) shares reproduce's executor: with --jobs 2 both
-    notebooks run, the failing one is named, the exit code is 1, and in-place means in place."""
+    """``medgan run-notebooks`` (make course) shares reproduce's executor: one at a time, a failing
+    notebook does not stop the next one; it is named, the exit code is 1, and in place means in
+    place."""
     pytest.importorskip("papermill")
     calls = []
 
@@ -263,8 +265,8 @@ def test_run_notebooks_runs_every_notebook_and_fails_after_them_if_one_failed(mo
             raise RuntimeError("a cell raised")
 
     monkeypatch.setattr("papermill.execute_notebook", execute_notebook)
-    assert main(["run-notebooks", "00", "01", "--quick", "--jobs", "2"]) == 1
-    assert sorted(calls) == [("00_getting_started.ipynb", True, "1"), ("01_vanilla_gan.ipynb", True, "1")]
+    assert main(["run-notebooks", "01", "02", "--quick"]) == 1
+    assert calls == [("01_vanilla_gan.ipynb", True, "1"), ("02_dcgan.ipynb", True, "1")]
     out, err = capsys.readouterr()
-    assert "00_getting_started.ipynb done" in out and "01_vanilla_gan.ipynb FAILED" in out
+    assert "02_dcgan.ipynb done" in out and "01_vanilla_gan.ipynb FAILED" in err and "a cell raised" in err
     assert "1 notebook(s) failed: 01_vanilla_gan.ipynb" in err
