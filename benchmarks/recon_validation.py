@@ -1,9 +1,9 @@
 """Chapter 06's recipe choices, on validation slices: the shipped reconstruction models, and any
-candidate checkpoints, scored on the CT *validation* split as notebook 06 scores the test split
-(same tasks, regions, PSNR and SSIM, paired differences to FBP or biharmonic inpainting; without
-the TV and BM3D baselines, whose weights are themselves chosen on validation slices, and without
-the feature distance). The test slices never choose a recipe: this is where the choice is made,
-and where it is recorded.
+candidate checkpoints, scored on the CT *validation* split with the same tasks, regions, PSNR,
+SSIM and paired intervals as notebook 06 scores the test split, but against FBP or biharmonic
+inpainting only (no TV or BM3D, whose weights are themselves chosen on validation slices, and no
+feature distance). Recipes are compared here, on validation slices, not on the test slices (which
+were looked at between choices: notebook 06, section 3, says when).
 
     python benchmarks/recon_validation.py [--n 24] [--threads 1] [--candidate NAME=SOURCE ...]
 

@@ -274,6 +274,9 @@ def _reconstruction(out: list[str]) -> None:
         gain = key(task, "gan", f"psnr_vs_{ref}_mean")
         extra = (f"; GAN - {ref.removeprefix('baseline_')} {m[gain]:+.2f} ± {m[key(task, 'gan', f'psnr_vs_{ref}_ci95')]:.2f} dB"
                  if gain in m else "")
+        ssim_gain = key(task, "gan", f"ssim_vs_{ref}_mean")
+        if task == "inpaint_ct" and ssim_gain in m:  # its goal is on both
+            extra += f", SSIM {m[ssim_gain]:+.3f} ± {m[key(task, 'gan', f'ssim_vs_{ref}_ci95')]:.3f}"
         bits.append(f"{task}: {cells}{extra}")
     if key("lesion_10", "gan", "contrast_retained_median") in m:
         bits.append("a 3 px lesion at 10 % dose keeps (median) " + ", ".join(
