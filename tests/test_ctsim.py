@@ -53,6 +53,19 @@ def test_noise_is_seeded_per_slice():
     assert np.array_equal(simulate(a[:1], mu=mu, photons=1e3, seed=1)[0], x[0])
 
 
+def test_slices_on_threads_give_the_one_thread_arrays(monkeypatch):
+    """simulate runs slices on one thread per core: the arrays must be those of one thread."""
+    import medgan_utils.data.ctsim as ctsim
+
+    a = _phantom(4)
+    mu = mu_scale(a)
+    monkeypatch.setattr(ctsim.os, "cpu_count", lambda: 4)
+    threaded = simulate(a, mu=mu, photons=1e3, seed=3, keys=np.array([7, 1, 5, 2]))
+    monkeypatch.setattr(ctsim.os, "cpu_count", lambda: 1)
+    serial = simulate(a, mu=mu, photons=1e3, seed=3, keys=np.array([7, 1, 5, 2]))
+    assert np.array_equal(threaded, serial) and len({float(s.sum()) for s in serial}) == 4
+
+
 def test_simulate_split_caches_by_content_and_settings(tmp_path):
     u8 = np.round(_phantom() * 255).astype(np.uint8)
     mu = mu_scale(u8 / 255.0)
