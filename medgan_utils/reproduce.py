@@ -251,16 +251,14 @@ def kernel_environment(results: Path | None, quick: bool, threads: int) -> dict[
     return env
 
 
-def execute(path: Path, target: Path, parameters: Mapping[str, Any], env: Mapping[str, str]) -> None:
-    """Execute one notebook with papermill into ``target`` (kernel in the notebook's folder, with
-    ``env`` added to its environment); raises on a failing cell. ``medgan run-notebooks`` and
-    :func:`reproduce` both execute through here, so both run notebooks the same way."""
+def execute(path: Path, target: Path, parameters: Mapping[str, Any]) -> None:
+    """Execute one notebook with papermill into ``target`` (kernel in the notebook's folder; its
+    environment is ours, which :func:`execute_all` sets); raises on a failing cell."""
     import papermill as pm
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _environment(env):
-        pm.execute_notebook(str(path), str(target), parameters=dict(parameters), cwd=str(path.parent),
-                            kernel_name="python3", progress_bar=False, log_output=False)
+    pm.execute_notebook(str(path), str(target), parameters=dict(parameters), cwd=str(path.parent),
+                        kernel_name="python3", progress_bar=False, log_output=False)
 
 
 def execute_all(paths: Sequence[Path], targets: Sequence[Path], parameters: Mapping[str, Any],
@@ -270,11 +268,12 @@ def execute_all(paths: Sequence[Path], targets: Sequence[Path], parameters: Mapp
     and the others still run.
 
     Returns, in the order of ``paths``, ``(seconds, None)`` or ``(seconds, "ErrorType: message")``;
-    ``done(path, seconds, error)`` is called as each finishes. With one job the notebooks run in
-    this thread, one after the other. With more, each runs in a worker thread: ``env`` is set once
-    around all of them (each :func:`execute` then re-sets the same values, so one finishing cannot
-    unset another's: every notebook must get the same ``env``), and Ctrl-C cancels the notebooks
-    not yet started and stops the running kernels (their notebooks then fail) before re-raising.
+    ``done(path, seconds, error)`` is called as each finishes. ``env`` is added to the environment
+    once, around all of them (kernels inherit it), and restored afterwards. ``medgan run-notebooks``
+    and :func:`reproduce` both execute through here, so both run notebooks the same way. With one
+    job the notebooks run in this thread, one after the other; with more, each runs in a worker
+    thread, and Ctrl-C cancels the notebooks not yet started and stops the running kernels (their
+    notebooks then fail) before re-raising.
     """
     if jobs < 1:
         raise SystemExit(f"--jobs must be at least 1, not {jobs}")
@@ -282,7 +281,7 @@ def execute_all(paths: Sequence[Path], targets: Sequence[Path], parameters: Mapp
     def run(path: Path, target: Path) -> tuple[float, str | None]:
         t0 = time.perf_counter()
         try:
-            execute(path, target, parameters, env)
+            execute(path, target, parameters)
         except Exception as err:
             return time.perf_counter() - t0, f"{type(err).__name__}: {str(err).strip()}"
         return time.perf_counter() - t0, None
@@ -324,6 +323,7 @@ def _stop_kernels() -> None:
         except psutil.Error:
             pass
 
+
 def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[str, Any] | None = None,
               out_dir: str | os.PathLike | None = None, references: str | os.PathLike | None = None,
               threads: int = 1, update_quick_references: bool = False, jobs: int = 1, log=print) -> int:
@@ -339,7 +339,8 @@ def reproduce(names: Sequence[str] = (), quick: bool = False, params: Mapping[st
         update_quick_references: after a successful quick run, copy its results files to
             ``results/quick/`` (for developers, when a notebook's quick numbers change on purpose).
         jobs: notebooks executed at once (each kernel still uses ``threads`` threads, so the
-            numbers are those of a one-at-a-time run; 2 on a 2-core machine halves the wall time).
+            numbers are those of a one-at-a-time run; on two cores, 2 cut the quick run of every
+            notebook by about a third to two thirds: the longest notebooks set the pace).
 
     Returns:
         0 when every notebook ran and every metric is within its tolerance, else 1 (the process

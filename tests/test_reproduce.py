@@ -186,7 +186,7 @@ def test_jobs_run_notebooks_at_once_and_report_them_in_order(tmp_path, monkeypat
     both_started = threading.Barrier(2, timeout=30)
     seen: list = []
 
-    def execute(path, target, parameters, env):  # stands in for reproduce.execute
+    def execute(path, target, parameters):  # stands in for reproduce.execute
         if path.stem != "02_dcgan":
             both_started.wait()  # only returns if 00 and 01 run at the same time
             if (path.stem == "00_getting_started") == slow_first:
