@@ -11,9 +11,10 @@ baselines, and one scoring for all three tasks.
 * Holes (:func:`hole_masks`, :func:`scored_holes`): box and stroke masks of fixed *pixel* sizes,
   so a 128 px training patch and a 256 px test slice get holes of the same size; scored holes lie
   on the head (at least 90 % of their pixels), since a hole over the black background is trivial.
-* Baselines: FBP itself, total variation (:func:`tv`), BM3D (:func:`bm3d_denoise`, the
-  ``bm3d`` package) with their weights chosen on the validation split (:func:`choose_weight`),
-  and biharmonic inpainting (:func:`biharmonic`).
+* Baselines: FBP itself, total variation (:func:`tv`, its weight chosen on the validation split
+  by :func:`choose_weight`), BM3D (:func:`bm3d_denoise`, the ``bm3d`` package, its sigma
+  :data:`BM3D_SIGMA` chosen on the same slices by ``benchmarks/bm3d_sigma.py``) and biharmonic
+  inpainting (:func:`biharmonic`).
 * Scoring (:func:`evaluate_task`): :func:`~.superres.score_outputs` inside the head mask (CT
   tasks) or inside the hole (inpainting), every method against every baseline image by image.
 """
@@ -43,7 +44,7 @@ from .superres import (
     score_outputs,
 )
 
-__all__ = ["FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "Task", "biharmonic", "bm3d_denoise",
+__all__ = ["BM3D_PROFILE", "BM3D_SIGMA", "FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "Task", "biharmonic", "bm3d_denoise",
            "choose_weight", "ct_mu", "evaluate_task", "hole_masks", "InpaintLoader",
            "scan", "scored_holes", "task_data", "tv"]
 
@@ -56,6 +57,13 @@ SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 # only at full dose; noise and streaks favour smoother filters.
 FBP_FILTERS = {("lowdose", 1.0): "ramp", ("lowdose", 0.25): "cosine", ("lowdose", 0.1): "cosine",
                ("sparseview", 60): "cosine", ("sparseview", 30): "hann"}
+# BM3D, the low-dose baseline: its noise sigma per dose, and the package's profile, chosen on
+# validation slices by benchmarks/bm3d_sigma.py (-> results/benchmark_bm3d.json). The
+# low-complexity profile ("lc") came within 0.04 dB of the normal one ("np") there, each at its
+# best sigma, in about a third of the time (0.7 s a slice, not 2 s, on a 2-core CPU): that keeps a
+# first run of notebook 06 within its 3 minutes.
+BM3D_PROFILE = "lc"
+BM3D_SIGMA = {0.25: 0.03, 0.1: 0.05}
 # Hole sizes in pixels (for 256 px slices and 128 px training patches alike).
 BOX_PX = (26, 64)
 STROKE_WIDTH_PX = (8, 16)
@@ -253,22 +261,30 @@ def tv(x: torch.Tensor, weight: float) -> torch.Tensor:
     return _per_image(lambda a: denoise_tv_chambolle(a, weight=weight), x)
 
 
-def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
+def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | None = None,
+                 profile: str = BM3D_PROFILE) -> torch.Tensor:
     """BM3D (Dabov et al. 2007; the ``bm3d`` package) of each image, noise ``sigma`` in [0, 1] units.
 
-    About a second per 256 px slice on this CPU (the package already uses every core), so the
-    result is cached on disk beside the simulated scans (``runs/ct_sim_cache/bm3d_*.npz``,
-    :func:`~.data.ctsim.cached_array`), under a key of the input's bytes and shape, ``sigma`` and
-    the package's version: a second run reads it back. The package's multithreaded aggregation
-    can differ in the last float bits between runs; the cache also keeps a scored baseline fixed."""
+    ``profile``: ``"np"``, the package's normal profile (about 2 s per 256 px slice on a 2-core
+    CPU; the package already uses every core), or ``"lc"``, its low-complexity one (about 0.7 s;
+    :data:`BM3D_PROFILE` says which the chapter uses and why). The result is cached on disk beside
+    the simulated scans (``runs/ct_sim_cache/bm3d_*.npz``, :func:`~.data.ctsim.cached_array`), under
+    a key of the input's bytes and shape, ``sigma``, the profile and the package's version: a
+    second run reads it back. The package's multithreaded aggregation can differ in the last float
+    bits between runs; the cache also keeps a scored baseline fixed."""
     from importlib.metadata import version
 
     import bm3d
 
+    profiles = {"np": "np", "lc": bm3d.BM3DProfileLC()}
+    if profile not in profiles:
+        raise ValueError(f"profile must be one of {sorted(profiles)}, got {profile!r}")
     a = x.detach().cpu().float().contiguous()
-    settings = {"sigma": float(sigma), "shape": list(a.shape), "bm3d": version("bm3d"), "v": 2}
+    settings = {"sigma": float(sigma), "shape": list(a.shape), "bm3d": version("bm3d"), "v": 2,
+                **({"profile": profile} if profile != "np" else {})}  # "np" keeps the older files' keys
     out = cached_array(a.numpy(), settings, cache_dir=cache_dir, prefix="bm3d_",
-                       compute=lambda: _per_image(lambda im: np.asarray(bm3d.bm3d(im, sigma_psd=sigma)), a).numpy())
+                       compute=lambda: _per_image(lambda im: np.asarray(
+                           bm3d.bm3d(im, sigma_psd=sigma, profile=profiles[profile])), a).numpy())
     return torch.from_numpy(out)
 
 
@@ -332,7 +348,6 @@ def evaluate_task(name: str, models: Mapping[str, Any], truth: torch.Tensor,
 # -- the chapter's study, as the notebook and `medgan evaluate` run it --------------------------
 
 TV_GRID = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16)
-BM3D_GRID = (0.03, 0.05, 0.08)
 
 
 def evenly(n_total: int, n: int | None) -> np.ndarray:
@@ -374,9 +389,11 @@ def held_out(name: str, split: str = "test", n: int | None = None, size: int = C
 
 def classical_baselines(name: str, val: Mapping[str, Any] | None = None, bm3d: bool = True
                         ) -> tuple[dict[str, Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]:
-    """The classical methods for a task, with their weights chosen on validation slices ``val``
-    (:func:`held_out` of the ``"val"`` split): TV (and BM3D for low dose, when ``bm3d``) for the
-    CT tasks, biharmonic for inpainting. Returns ``(name -> function of the inputs, choices)``."""
+    """The classical methods for a task: TV, its weight chosen here on validation slices ``val``
+    (:func:`held_out` of the ``"val"`` split), and for low dose, when ``bm3d``, BM3D with the
+    sigma :data:`BM3D_SIGMA` (chosen on the same validation slices by ``benchmarks/bm3d_sigma.py``:
+    too slow to redo in every run) for the CT tasks; biharmonic for inpainting. Returns
+    ``(name -> function of the inputs, choices)``."""
     kind = TASKS[name].task if name in TASKS else name
     if kind == "inpaint":
         return {"baseline_biharmonic": lambda x: biharmonic(x[:, :1], x[:, 1:])}, {}
@@ -387,11 +404,13 @@ def classical_baselines(name: str, val: Mapping[str, Any] | None = None, bm3d: b
     fns = {"baseline_tv": lambda x, w=w_tv: tv(x, w)}
     choices: dict[str, Any] = {"tv_weight": w_tv, "tv_grid_psnr": tv_scores}
     if bm3d and kind == "lowdose":
-        few = slice(0, 3)  # BM3D costs about a second a slice: its sigma is chosen on 3 slices
-        s_bm3d, bm3d_scores = choose_weight(bm3d_denoise, val["inputs"][few], val["truth"][few],
-                                            BM3D_GRID, region[few])
+        level = TASKS[name].level if name in TASKS else None
+        if level not in BM3D_SIGMA:
+            raise ValueError(f"BM3D's sigma is chosen for the doses {sorted(BM3D_SIGMA)} only "
+                             f"(benchmarks/bm3d_sigma.py), not for {name!r}")
+        s_bm3d = BM3D_SIGMA[level]
         fns["baseline_bm3d"] = lambda x, s=s_bm3d: bm3d_denoise(x, s)
-        choices |= {"bm3d_sigma": s_bm3d, "bm3d_grid_psnr": bm3d_scores}
+        choices["bm3d_sigma"] = s_bm3d
     return fns, choices
 
 

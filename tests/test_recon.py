@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -255,6 +257,33 @@ def test_bm3d_denoises_and_is_cached_on_disk_per_input_and_sigma(tmp_path, monke
     same_bytes = noisy.reshape(1, 1, 32, 64)  # the same bytes in another shape: its own file
     assert bm3d_denoise(same_bytes, 0.05, cache_dir=tmp_path).shape == (1, 1, 32, 64)
     assert len(list(tmp_path.glob("bm3d_*.npz"))) == 4 and not list(tmp_path.glob("*.tmp.npz"))
+    other = bm3d_denoise(noisy, 0.05, cache_dir=tmp_path, profile="np")  # another profile: its own file
+    assert len(list(tmp_path.glob("bm3d_*.npz"))) == 5 and not torch.equal(other, out)
+    assert masked_psnr(other, clean).mean() > masked_psnr(noisy, clean).mean() + 3
+    with pytest.raises(ValueError, match="profile"):
+        bm3d_denoise(noisy, 0.05, cache_dir=tmp_path, profile="fast")
+
+
+def test_bm3d_sigma_is_the_one_its_benchmark_chose_on_validation():
+    # BM3D_SIGMA is typed into the package (too slow to choose in every run): it must be what
+    # benchmarks/bm3d_sigma.py last measured for BM3D_PROFILE, and the low-dose baselines must use it.
+    from medgan_utils.reconstruction import BM3D_PROFILE, BM3D_SIGMA, TASKS, classical_baselines
+    from medgan_utils.results import RESULTS_DIR
+
+    bench = json.loads((RESULTS_DIR / "benchmark_bm3d.json").read_text())
+    chosen = bench["extra"]["best_sigma"][BM3D_PROFILE]
+    doses = {TASKS[name].level: sigma for name, sigma in chosen.items()}
+    assert doses == BM3D_SIGMA
+    assert all(abs(d) < 0.1 for d in bench["extra"]["np_minus_lc_db"].values())  # what the cheaper profile gives up
+    torch.manual_seed(0)
+    val = {"truth": _smooth_images(2, 32)}
+    val["inputs"] = (val["truth"] + 0.05 * torch.randn_like(val["truth"])).clamp(-1, 1)
+    for name in ("lowdose_25", "lowdose_10"):
+        fns, choices = classical_baselines(name, val)
+        assert choices["bm3d_sigma"] == BM3D_SIGMA[TASKS[name].level] and set(fns) == {"baseline_tv", "baseline_bm3d"}
+    assert "baseline_bm3d" not in classical_baselines("sparse_30", val)[0]
+    with pytest.raises(ValueError, match="doses"):
+        classical_baselines("lowdose", val)
 
 
 def test_scoring_ranks_the_truth_first_and_added_noise_last():
