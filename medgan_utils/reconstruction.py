@@ -11,10 +11,10 @@ baselines, and one scoring for all three tasks.
 * Holes (:func:`hole_masks`, :func:`scored_holes`): box and stroke masks of fixed *pixel* sizes,
   so a 128 px training patch and a 256 px test slice get holes of the same size; scored holes lie
   on the head (at least 90 % of their pixels), since a hole over the black background is trivial.
-* Baselines: FBP itself, total variation (:func:`tv`, its weight chosen on the validation split
-  by :func:`choose_weight`), BM3D (:func:`bm3d_denoise`, the ``bm3d`` package, its sigma
-  :data:`BM3D_SIGMA` chosen on the same slices by ``benchmarks/bm3d_sigma.py``) and biharmonic
-  inpainting (:func:`biharmonic`).
+* Baselines: FBP itself, total variation (:func:`tv`) and BM3D (:func:`bm3d_denoise`, the
+  ``bm3d`` package), their weights :data:`TV_WEIGHT` and :data:`BM3D_SIGMA` chosen on validation
+  slices (:func:`choose_weight`, run by ``benchmarks/tv_weight.py`` and ``benchmarks/bm3d_sigma.py``),
+  and biharmonic inpainting (:func:`biharmonic`).
 * Scoring (:func:`evaluate_task`): :func:`~.superres.score_outputs` inside the head mask (CT
   tasks) or inside the hole (inpainting), every method against every baseline image by image.
 """
@@ -44,7 +44,7 @@ from .superres import (
     score_outputs,
 )
 
-__all__ = ["BM3D_PROFILE", "BM3D_SIGMA", "FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "Task", "biharmonic", "bm3d_denoise",
+__all__ = ["BM3D_PROFILE", "BM3D_SIGMA", "FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "TV_WEIGHT", "Task", "biharmonic", "bm3d_denoise",
            "choose_weight", "ct_mu", "evaluate_task", "hole_masks", "InpaintLoader",
            "scan", "scored_holes", "task_data", "tv"]
 
@@ -63,7 +63,11 @@ FBP_FILTERS = {("lowdose", 1.0): "ramp", ("lowdose", 0.25): "cosine", ("lowdose"
 # best sigma, in about a third of the time (0.7 s a slice, not 2 s, on a 2-core CPU): that keeps a
 # first run of notebook 06 within its 3 minutes.
 BM3D_PROFILE = "lc"
-BM3D_SIGMA = {0.25: 0.03, 0.1: 0.05}
+BM3D_SIGMA = {("lowdose", 0.25): 0.03, ("lowdose", 0.1): 0.05}
+# Total variation's weight per setting, chosen on the same validation slices by
+# benchmarks/tv_weight.py (-> results/benchmark_tv.json). At 60 views the smallest weight of the
+# grid wins: TV barely changes that FBP.
+TV_WEIGHT = {("lowdose", 0.25): 0.01, ("lowdose", 0.1): 0.02, ("sparseview", 60): 0.002, ("sparseview", 30): 0.02}
 # Hole sizes in pixels (for 256 px slices and 128 px training patches alike).
 BOX_PX = (26, 64)
 STROKE_WIDTH_PX = (8, 16)
@@ -389,36 +393,45 @@ def held_out(name: str, split: str = "test", n: int | None = None, size: int = C
 
 def classical_baselines(name: str, val: Mapping[str, Any] | None = None, bm3d: bool = True
                         ) -> tuple[dict[str, Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]:
-    """The classical methods for a task: TV, its weight chosen here on validation slices ``val``
-    (:func:`held_out` of the ``"val"`` split), and for low dose, when ``bm3d``, BM3D with the
-    sigma :data:`BM3D_SIGMA` (chosen on the same validation slices by ``benchmarks/bm3d_sigma.py``:
-    too slow to redo in every run) for the CT tasks; biharmonic for inpainting. Returns
-    ``(name -> function of the inputs, choices)``."""
-    kind = TASKS[name].task if name in TASKS else name
+    """The classical methods for a task: for the CT tasks TV and, for low dose when ``bm3d``,
+    BM3D; biharmonic for inpainting. Returns ``(name -> function of the inputs, choices)``.
+
+    TV's weight is :data:`TV_WEIGHT`, or, given validation slices ``val`` (:func:`held_out` of the
+    ``"val"`` split, e.g. at another size), chosen on them over :data:`TV_GRID` (then ``choices``
+    holds each weight's PSNR). BM3D's sigma is always :data:`BM3D_SIGMA`. Both constants were
+    chosen on 12 validation slices at 256 px by ``benchmarks/tv_weight.py`` and
+    ``benchmarks/bm3d_sigma.py``, which notebook 06 shows: choosing them costs more than a
+    minute of a first run."""
+    task = TASKS.get(name)
+    kind = task.task if task else name
     if kind == "inpaint":
         return {"baseline_biharmonic": lambda x: biharmonic(x[:, :1], x[:, 1:])}, {}
-    if val is None:
-        raise ValueError("the CT baselines' weights are chosen on validation slices: pass val=held_out(name, 'val')")
-    region = head_mask(val["truth"])
-    w_tv, tv_scores = choose_weight(tv, val["inputs"], val["truth"], TV_GRID, region)
+    setting = (kind, task.level) if task else None
+    choices: dict[str, Any] = {}
+    if val is not None:
+        w_tv, choices["tv_grid_psnr"] = choose_weight(tv, val["inputs"], val["truth"], TV_GRID, head_mask(val["truth"]))
+    elif setting in TV_WEIGHT:
+        w_tv = TV_WEIGHT[setting]
+    else:
+        raise ValueError(f"TV's weight is chosen for {sorted(TASKS)} only; for {name!r} pass "
+                         "val=held_out(<task>, 'val') to choose it on validation slices")
     fns = {"baseline_tv": lambda x, w=w_tv: tv(x, w)}
-    choices: dict[str, Any] = {"tv_weight": w_tv, "tv_grid_psnr": tv_scores}
+    choices["tv_weight"] = w_tv
     if bm3d and kind == "lowdose":
-        level = TASKS[name].level if name in TASKS else None
-        if level not in BM3D_SIGMA:
-            raise ValueError(f"BM3D's sigma is chosen for the doses {sorted(BM3D_SIGMA)} only "
+        if setting not in BM3D_SIGMA:
+            raise ValueError(f"BM3D's sigma is chosen for {sorted(BM3D_SIGMA)} only "
                              f"(benchmarks/bm3d_sigma.py), not for {name!r}")
-        s_bm3d = BM3D_SIGMA[level]
-        fns["baseline_bm3d"] = lambda x, s=s_bm3d: bm3d_denoise(x, s)
-        choices["bm3d_sigma"] = s_bm3d
+        fns["baseline_bm3d"] = lambda x, s=BM3D_SIGMA[setting]: bm3d_denoise(x, s)
+        choices["bm3d_sigma"] = BM3D_SIGMA[setting]
     return fns, choices
 
 
 def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str = "ct",
                    n: int | None = None, bm3d: bool = False) -> dict[str, float]:
     """``medgan evaluate`` for a chapter-06 model: every level of its task on held-out CT slices
-    (the test split, or ``images``), against the classical baselines (weights chosen on the
-    validation split), scored inside the head mask (CT) or the hole (inpainting).
+    (the test split, or ``images``), against the classical baselines (:data:`TV_WEIGHT`, or, at
+    another size or reference dose, TV's weight chosen on 12 validation slices there), scored
+    inside the head mask (CT) or the hole (inpainting).
 
     Returns:
         ``"<task>/<method>/<metric>"`` -> number, the model as ``model``; paired differences to
@@ -445,9 +458,9 @@ def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str 
     photons = getattr(model.config, "reference_photons", REFERENCE_PHOTONS)
     for name in names:
         test = held_out(name, "test", n, images_u8=u8, reference_photons=photons)
-        side = test["truth"].shape[-1]  # baselines are tuned at the size they are scored at
-        val = (held_out(name, "val", 12, size=side, reference_photons=photons)
-               if TASKS[name].task != "inpaint" else None)
+        side = test["truth"].shape[-1]  # TV is tuned at the size and dose it is scored at
+        retune = TASKS[name].task != "inpaint" and (side, photons) != (CT_SIZE, REFERENCE_PHOTONS)
+        val = held_out(name, "val", 12, size=side, reference_photons=photons) if retune else None
         fns, _ = classical_baselines(name, val, bm3d)
         _, scores = evaluate_task(name, {"model": model}, test["truth"], test["inputs"], test["masks"], fns, judge)
         out |= _flat(name, scores, len(test["truth"]))

@@ -264,27 +264,44 @@ def test_bm3d_denoises_and_is_cached_on_disk_per_input_and_sigma(tmp_path, monke
         bm3d_denoise(noisy, 0.05, cache_dir=tmp_path, profile="fast")
 
 
-def test_bm3d_sigma_is_the_one_its_benchmark_chose_on_validation():
-    # BM3D_SIGMA is typed into the package (too slow to choose in every run): it must be what
-    # benchmarks/bm3d_sigma.py last measured for BM3D_PROFILE, and the low-dose baselines must use it.
-    from medgan_utils.reconstruction import BM3D_PROFILE, BM3D_SIGMA, TASKS, classical_baselines
+def test_baseline_weights_are_the_ones_their_benchmarks_chose_on_validation():
+    # TV_WEIGHT and BM3D_SIGMA are typed into the package (too slow to choose in every run): they
+    # must be what benchmarks/tv_weight.py and bm3d_sigma.py last measured, and the baselines use them.
+    from medgan_utils.reconstruction import (
+        BM3D_PROFILE,
+        BM3D_SIGMA,
+        TASKS,
+        TV_GRID,
+        TV_WEIGHT,
+        classical_baselines,
+    )
     from medgan_utils.results import RESULTS_DIR
 
-    bench = json.loads((RESULTS_DIR / "benchmark_bm3d.json").read_text())
-    chosen = bench["extra"]["best_sigma"][BM3D_PROFILE]
-    doses = {TASKS[name].level: sigma for name, sigma in chosen.items()}
-    assert doses == BM3D_SIGMA
-    assert all(abs(d) < 0.1 for d in bench["extra"]["np_minus_lc_db"].values())  # what the cheaper profile gives up
+    def setting(name):
+        return TASKS[name].task, TASKS[name].level
+
+    bm = json.loads((RESULTS_DIR / "benchmark_bm3d.json").read_text())
+    assert {setting(n): s for n, s in bm["extra"]["best_sigma"][BM3D_PROFILE].items()} == BM3D_SIGMA
+    assert all(abs(d) < 0.1 for d in bm["extra"]["np_minus_lc_db"].values())  # what the cheaper profile gives up
+    tvb = json.loads((RESULTS_DIR / "benchmark_tv.json").read_text())
+    assert {setting(n): w for n, w in tvb["extra"]["best_weight"].items()} == TV_WEIGHT
+    assert tvb["params"]["grid"] == list(TV_GRID)
+    for name in ("lowdose_25", "lowdose_10", "sparse_60", "sparse_30"):
+        fns, choices = classical_baselines(name)
+        assert choices["tv_weight"] == TV_WEIGHT[setting(name)]
+        assert set(fns) == ({"baseline_tv", "baseline_bm3d"} if name.startswith("lowdose") else {"baseline_tv"})
+        if name.startswith("lowdose"):
+            assert choices["bm3d_sigma"] == BM3D_SIGMA[setting(name)]
+    # Given validation slices (another size, another dose), TV's weight is chosen on them.
     torch.manual_seed(0)
     val = {"truth": _smooth_images(2, 32)}
-    val["inputs"] = (val["truth"] + 0.05 * torch.randn_like(val["truth"])).clamp(-1, 1)
-    for name in ("lowdose_25", "lowdose_10"):
-        fns, choices = classical_baselines(name, val)
-        assert choices["bm3d_sigma"] == BM3D_SIGMA[TASKS[name].level] and set(fns) == {"baseline_tv", "baseline_bm3d"}
-    assert "baseline_bm3d" not in classical_baselines("sparse_30", val)[0]
-    with pytest.raises(ValueError, match="doses"):
+    val["inputs"] = (val["truth"] + 0.2 * torch.randn_like(val["truth"])).clamp(-1, 1)
+    _, choices = classical_baselines("sparse_60", val, bm3d=False)
+    assert choices["tv_weight"] == max(choices["tv_grid_psnr"], key=choices["tv_grid_psnr"].get) != TV_WEIGHT[("sparseview", 60)]
+    with pytest.raises(ValueError, match="val="):
+        classical_baselines("lowdose")
+    with pytest.raises(ValueError, match="BM3D"):
         classical_baselines("lowdose", val)
-
 
 def test_scoring_ranks_the_truth_first_and_added_noise_last():
     # The yardstick: an oracle beats the baseline, a noisier output loses to it, on every image.
