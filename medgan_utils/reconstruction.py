@@ -13,7 +13,8 @@ baselines, and one scoring for all three tasks.
   on the head (at least 90 % of their pixels), since a hole over the black background is trivial.
 * Baselines: FBP itself, total variation (:func:`tv`) and BM3D (:func:`bm3d_denoise`, the
   ``bm3d`` package), their weights :data:`TV_WEIGHT` and :data:`BM3D_SIGMA` chosen on validation
-  slices (:func:`choose_weight`, run by ``benchmarks/tv_weight.py`` and ``benchmarks/bm3d_sigma.py``),
+  slices by ``benchmarks/tv_weight.py`` and ``benchmarks/bm3d_sigma.py`` (best mean PSNR in the head,
+  as :func:`choose_weight` picks),
   and biharmonic inpainting (:func:`biharmonic`).
 * Scoring (:func:`evaluate_task`): :func:`~.superres.score_outputs` inside the head mask (CT
   tasks) or inside the hole (inpainting), every method against every baseline image by image.
@@ -44,9 +45,10 @@ from .superres import (
     score_outputs,
 )
 
-__all__ = ["BM3D_PROFILE", "BM3D_SIGMA", "FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS", "TV_WEIGHT", "Task", "biharmonic", "bm3d_denoise",
-           "choose_weight", "ct_mu", "evaluate_task", "hole_masks", "InpaintLoader",
-           "scan", "scored_holes", "task_data", "tv"]
+__all__ = ["BM3D_GRID", "BM3D_PROFILE", "BM3D_SIGMA", "FBP_FILTERS", "REFERENCE_PHOTONS", "TASKS",
+           "TV_GRID", "TV_WEIGHT", "Task", "biharmonic", "bm3d_denoise", "choose_weight",
+           "classical_baselines", "ct_mu", "evaluate_model", "evaluate_task", "held_out",
+           "hole_masks", "InpaintLoader", "needs_tuning", "scan", "scored_holes", "task_data", "tv"]
 
 CT_SIZE = 256
 REFERENCE_PHOTONS = 4e4  # full dose; 10 % of it (4,000) is LoDoPaB's low dose (4,096)
@@ -64,9 +66,9 @@ FBP_FILTERS = {("lowdose", 1.0): "ramp", ("lowdose", 0.25): "cosine", ("lowdose"
 # first run of notebook 06 within its 3 minutes.
 BM3D_PROFILE = "lc"
 BM3D_SIGMA = {("lowdose", 0.25): 0.03, ("lowdose", 0.1): 0.05}
+BM3D_GRID = (0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1)  # noise std in [0, 1] units
 # Total variation's weight per setting, chosen on the same validation slices by
-# benchmarks/tv_weight.py (-> results/benchmark_tv.json). At 60 views the smallest weight of the
-# grid wins: TV barely changes that FBP.
+# benchmarks/tv_weight.py (-> results/benchmark_tv.json).
 TV_WEIGHT = {("lowdose", 0.25): 0.01, ("lowdose", 0.1): 0.02, ("sparseview", 60): 0.002, ("sparseview", 30): 0.02}
 # Hole sizes in pixels (for 256 px slices and 128 px training patches alike).
 BOX_PX = (26, 64)
@@ -266,12 +268,12 @@ def tv(x: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | None = None,
-                 profile: str = BM3D_PROFILE) -> torch.Tensor:
+                 profile: str | None = None) -> torch.Tensor:
     """BM3D (Dabov et al. 2007; the ``bm3d`` package) of each image, noise ``sigma`` in [0, 1] units.
 
     ``profile``: ``"np"``, the package's normal profile (about 2 s per 256 px slice on a 2-core
-    CPU; the package already uses every core), or ``"lc"``, its low-complexity one (about 0.7 s;
-    :data:`BM3D_PROFILE` says which the chapter uses and why). The result is cached on disk beside
+    CPU; the package already uses every core), or ``"lc"``, its low-complexity one (about 0.7 s);
+    None: :data:`BM3D_PROFILE`, the chapter's (its comment says why). The result is cached on disk beside
     the simulated scans (``runs/ct_sim_cache/bm3d_*.npz``, :func:`~.data.ctsim.cached_array`), under
     a key of the input's bytes and shape, ``sigma``, the profile and the package's version: a
     second run reads it back. The package's multithreaded aggregation can differ in the last float
@@ -280,6 +282,7 @@ def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | N
 
     import bm3d
 
+    profile = profile or BM3D_PROFILE
     profiles = {"np": "np", "lc": bm3d.BM3DProfileLC()}
     if profile not in profiles:
         raise ValueError(f"profile must be one of {sorted(profiles)}, got {profile!r}")
@@ -351,7 +354,7 @@ def evaluate_task(name: str, models: Mapping[str, Any], truth: torch.Tensor,
 
 # -- the chapter's study, as the notebook and `medgan evaluate` run it --------------------------
 
-TV_GRID = (0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16)
+TV_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16)
 
 
 def evenly(n_total: int, n: int | None) -> np.ndarray:
@@ -394,44 +397,57 @@ def held_out(name: str, split: str = "test", n: int | None = None, size: int = C
 def classical_baselines(name: str, val: Mapping[str, Any] | None = None, bm3d: bool = True
                         ) -> tuple[dict[str, Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]:
     """The classical methods for a task: for the CT tasks TV and, for low dose when ``bm3d``,
-    BM3D; biharmonic for inpainting. Returns ``(name -> function of the inputs, choices)``.
+    BM3D (profile :data:`BM3D_PROFILE`); biharmonic for inpainting. Returns ``(name -> function
+    of the inputs, choices)``.
 
-    TV's weight is :data:`TV_WEIGHT`, or, given validation slices ``val`` (:func:`held_out` of the
-    ``"val"`` split, e.g. at another size), chosen on them over :data:`TV_GRID` (then ``choices``
-    holds each weight's PSNR). BM3D's sigma is always :data:`BM3D_SIGMA`. Both constants were
-    chosen on 12 validation slices at 256 px by ``benchmarks/tv_weight.py`` and
-    ``benchmarks/bm3d_sigma.py``, which notebook 06 shows: choosing them costs more than a
-    minute of a first run."""
+    Their settings are :data:`TV_WEIGHT` and :data:`BM3D_SIGMA`, chosen on 12 validation slices at
+    256 px and the reference dose by ``benchmarks/tv_weight.py`` and ``benchmarks/bm3d_sigma.py``
+    (too slow to choose in every run of notebook 06: BM3D alone costs most of a second a slice).
+    Given validation slices ``val`` (:func:`held_out` of the ``"val"`` split, e.g. at another size
+    or dose), both are chosen on them instead, over :data:`TV_GRID` and :data:`BM3D_GRID`
+    (``choices`` then holds each value's PSNR)."""
     task = TASKS.get(name)
     kind = task.task if task else name
     if kind == "inpaint":
         return {"baseline_biharmonic": lambda x: biharmonic(x[:, :1], x[:, 1:])}, {}
     setting = (kind, task.level) if task else None
+    if val is None and setting not in TV_WEIGHT:
+        raise ValueError(f"the baselines' settings are chosen for {sorted(TASKS)} only; for {name!r} pass "
+                         "val=held_out(<task>, 'val') to choose them on validation slices")
     choices: dict[str, Any] = {}
+    region = head_mask(val["truth"]) if val is not None else None
     if val is not None:
-        w_tv, choices["tv_grid_psnr"] = choose_weight(tv, val["inputs"], val["truth"], TV_GRID, head_mask(val["truth"]))
-    elif setting in TV_WEIGHT:
-        w_tv = TV_WEIGHT[setting]
+        w_tv, choices["tv_grid_psnr"] = choose_weight(tv, val["inputs"], val["truth"], TV_GRID, region)
     else:
-        raise ValueError(f"TV's weight is chosen for {sorted(TASKS)} only; for {name!r} pass "
-                         "val=held_out(<task>, 'val') to choose it on validation slices")
+        w_tv = TV_WEIGHT[setting]
     fns = {"baseline_tv": lambda x, w=w_tv: tv(x, w)}
     choices["tv_weight"] = w_tv
     if bm3d and kind == "lowdose":
-        if setting not in BM3D_SIGMA:
-            raise ValueError(f"BM3D's sigma is chosen for {sorted(BM3D_SIGMA)} only "
-                             f"(benchmarks/bm3d_sigma.py), not for {name!r}")
-        fns["baseline_bm3d"] = lambda x, s=BM3D_SIGMA[setting]: bm3d_denoise(x, s)
-        choices["bm3d_sigma"] = BM3D_SIGMA[setting]
+        if val is not None:
+            s_bm3d, choices["bm3d_grid_psnr"] = choose_weight(bm3d_denoise, val["inputs"], val["truth"], BM3D_GRID, region)
+        elif setting in BM3D_SIGMA:
+            s_bm3d = BM3D_SIGMA[setting]
+        else:
+            raise ValueError(f"BM3D's sigma is chosen for {sorted(BM3D_SIGMA)} only; for {name!r} pass val=")
+        fns["baseline_bm3d"] = lambda x, s=s_bm3d, p=BM3D_PROFILE: bm3d_denoise(x, s, profile=p)
+        choices |= {"bm3d_sigma": s_bm3d, "bm3d_profile": BM3D_PROFILE}
     return fns, choices
+
+
+def needs_tuning(name: str, size: int, reference_photons: float = REFERENCE_PHOTONS) -> bool:
+    """Whether a task scored at ``size`` px and this reference dose needs its classical baselines
+    chosen afresh on validation slices: :data:`TV_WEIGHT` and :data:`BM3D_SIGMA` hold for 256 px
+    and :data:`REFERENCE_PHOTONS` (the dose matters only for low dose)."""
+    kind = TASKS[name].task
+    return kind != "inpaint" and (size != CT_SIZE or (kind == "lowdose" and reference_photons != REFERENCE_PHOTONS))
 
 
 def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str = "ct",
                    n: int | None = None, bm3d: bool = False) -> dict[str, float]:
     """``medgan evaluate`` for a chapter-06 model: every level of its task on held-out CT slices
-    (the test split, or ``images``), against the classical baselines (:data:`TV_WEIGHT`, or, at
-    another size or reference dose, TV's weight chosen on 12 validation slices there), scored
-    inside the head mask (CT) or the hole (inpainting).
+    (the test split, or ``images``), against the classical baselines (their settings chosen on 12
+    validation slices: the package's constants at 256 px and the reference dose, else afresh,
+    :func:`needs_tuning`), scored inside the head mask (CT) or the hole (inpainting).
 
     Returns:
         ``"<task>/<method>/<metric>"`` -> number, the model as ``model``; paired differences to
@@ -458,9 +474,9 @@ def evaluate_model(model: Any, images: torch.Tensor | None = None, dataset: str 
     photons = getattr(model.config, "reference_photons", REFERENCE_PHOTONS)
     for name in names:
         test = held_out(name, "test", n, images_u8=u8, reference_photons=photons)
-        side = test["truth"].shape[-1]  # TV is tuned at the size and dose it is scored at
-        retune = TASKS[name].task != "inpaint" and (side, photons) != (CT_SIZE, REFERENCE_PHOTONS)
-        val = held_out(name, "val", 12, size=side, reference_photons=photons) if retune else None
+        side = test["truth"].shape[-1]
+        val = (held_out(name, "val", 12, size=side, reference_photons=photons)
+               if needs_tuning(name, side, photons) else None)
         fns, _ = classical_baselines(name, val, bm3d)
         _, scores = evaluate_task(name, {"model": model}, test["truth"], test["inputs"], test["masks"], fns, judge)
         out |= _flat(name, scores, len(test["truth"]))

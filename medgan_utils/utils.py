@@ -117,14 +117,15 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit(default: str = "unknown") -> str:
-    """The commit of the checkout this package runs from (with ``+dirty`` if files changed)."""
+    """The commit of the checkout this package runs from, with ``+dirty`` if files of the package or
+    of benchmarks/ (the code behind every results file) differ from it or are not yet committed."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
             text=True, timeout=10, check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "medgan_utils"],
+            ["git", "status", "--porcelain", "--", "medgan_utils", "benchmarks"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")

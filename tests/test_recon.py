@@ -12,6 +12,7 @@ from medgan_utils import registry
 from medgan_utils.data.ct import head_mask, load_ct
 from medgan_utils.models.recon import ReconConfig, ReconModel, ReconUNet
 from medgan_utils.reconstruction import (
+    BM3D_PROFILE,
     BOX_PX,
     InpaintLoader,
     biharmonic,
@@ -259,6 +260,7 @@ def test_bm3d_denoises_and_is_cached_on_disk_per_input_and_sigma(tmp_path, monke
     assert len(list(tmp_path.glob("bm3d_*.npz"))) == 4 and not list(tmp_path.glob("*.tmp.npz"))
     other = bm3d_denoise(noisy, 0.05, cache_dir=tmp_path, profile="np")  # another profile: its own file
     assert len(list(tmp_path.glob("bm3d_*.npz"))) == 5 and not torch.equal(other, out)
+    assert torch.equal(bm3d_denoise(noisy, 0.05, cache_dir=tmp_path, profile=BM3D_PROFILE), out)  # the default
     assert masked_psnr(other, clean).mean() > masked_psnr(noisy, clean).mean() + 3
     with pytest.raises(ValueError, match="profile"):
         bm3d_denoise(noisy, 0.05, cache_dir=tmp_path, profile="fast")
@@ -266,42 +268,61 @@ def test_bm3d_denoises_and_is_cached_on_disk_per_input_and_sigma(tmp_path, monke
 
 def test_baseline_weights_are_the_ones_their_benchmarks_chose_on_validation():
     # TV_WEIGHT and BM3D_SIGMA are typed into the package (too slow to choose in every run): they
-    # must be what benchmarks/tv_weight.py and bm3d_sigma.py last measured, and the baselines use them.
+    # must be the best of what benchmarks/tv_weight.py and bm3d_sigma.py last measured, on the
+    # scans the package makes today, and the baselines must use them.
     from medgan_utils.reconstruction import (
+        BM3D_GRID,
         BM3D_PROFILE,
         BM3D_SIGMA,
         TASKS,
         TV_GRID,
         TV_WEIGHT,
         classical_baselines,
+        scan_settings,
     )
     from medgan_utils.results import RESULTS_DIR
 
     def setting(name):
         return TASKS[name].task, TASKS[name].level
 
+    for file, grid, chosen, metric in (("benchmark_tv.json", TV_GRID, TV_WEIGHT, "{n}/{v:g}/psnr"),
+                                       ("benchmark_bm3d.json", BM3D_GRID, BM3D_SIGMA, "{n}/" + BM3D_PROFILE + "/{v:g}/psnr")):
+        bench = json.loads((RESULTS_DIR / file).read_text())
+        params = bench["params"]
+        assert params["grid"] == list(grid) and params["n"] == 12 and params["size"] == 256
+        assert "dirty" not in bench["commit"]
+        assert {n: scan_settings(*setting(n)) for n in params["scan_settings"]} == params["scan_settings"]
+        best = {setting(n): max(grid, key=lambda v, n=n: bench["metrics"][metric.format(n=n, v=v)])
+                for n in params["scan_settings"]}
+        assert best == chosen
     bm = json.loads((RESULTS_DIR / "benchmark_bm3d.json").read_text())
-    assert {setting(n): s for n, s in bm["extra"]["best_sigma"][BM3D_PROFILE].items()} == BM3D_SIGMA
     assert all(abs(d) < 0.1 for d in bm["extra"]["np_minus_lc_db"].values())  # what the cheaper profile gives up
-    tvb = json.loads((RESULTS_DIR / "benchmark_tv.json").read_text())
-    assert {setting(n): w for n, w in tvb["extra"]["best_weight"].items()} == TV_WEIGHT
-    assert tvb["params"]["grid"] == list(TV_GRID)
     for name in ("lowdose_25", "lowdose_10", "sparse_60", "sparse_30"):
         fns, choices = classical_baselines(name)
         assert choices["tv_weight"] == TV_WEIGHT[setting(name)]
         assert set(fns) == ({"baseline_tv", "baseline_bm3d"} if name.startswith("lowdose") else {"baseline_tv"})
         if name.startswith("lowdose"):
-            assert choices["bm3d_sigma"] == BM3D_SIGMA[setting(name)]
-    # Given validation slices (another size, another dose), TV's weight is chosen on them.
+            assert choices["bm3d_sigma"] == BM3D_SIGMA[setting(name)] and choices["bm3d_profile"] == BM3D_PROFILE
+    with pytest.raises(ValueError, match="val="):
+        classical_baselines("lowdose")
+
+
+def test_baselines_are_chosen_afresh_on_validation_slices_given_them():
+    # At another size or dose (needs_tuning) the constants do not hold: given validation slices,
+    # TV's weight and BM3D's sigma are the grid values with the best PSNR on them.
+    from medgan_utils.reconstruction import BM3D_SIGMA, TV_WEIGHT, classical_baselines, needs_tuning
+
     torch.manual_seed(0)
     val = {"truth": _smooth_images(2, 32)}
     val["inputs"] = (val["truth"] + 0.2 * torch.randn_like(val["truth"])).clamp(-1, 1)
-    _, choices = classical_baselines("sparse_60", val, bm3d=False)
-    assert choices["tv_weight"] == max(choices["tv_grid_psnr"], key=choices["tv_grid_psnr"].get) != TV_WEIGHT[("sparseview", 60)]
-    with pytest.raises(ValueError, match="val="):
-        classical_baselines("lowdose")
-    with pytest.raises(ValueError, match="BM3D"):
-        classical_baselines("lowdose", val)
+    fns, choices = classical_baselines("lowdose_10", val)
+    assert choices["tv_weight"] == max(choices["tv_grid_psnr"], key=choices["tv_grid_psnr"].get) != TV_WEIGHT[("lowdose", 0.1)]
+    assert choices["bm3d_sigma"] == max(choices["bm3d_grid_psnr"], key=choices["bm3d_grid_psnr"].get)
+    assert choices["bm3d_sigma"] != BM3D_SIGMA[("lowdose", 0.1)]  # noise std 0.1 in [0, 1] units, not 10 % dose's
+    assert masked_psnr(fns["baseline_bm3d"](val["inputs"]), val["truth"]).mean() > masked_psnr(val["inputs"], val["truth"]).mean() + 3
+    assert not needs_tuning("lowdose_10", 256) and not needs_tuning("inpaint_ct", 128)
+    assert needs_tuning("sparse_30", 128) and needs_tuning("lowdose_25", 256, reference_photons=2e4)
+    assert not needs_tuning("sparse_30", 256, reference_photons=2e4)  # the dose plays no part in sparse view
 
 def test_scoring_ranks_the_truth_first_and_added_noise_last():
     # The yardstick: an oracle beats the baseline, a noisier output loses to it, on every image.
