@@ -15,7 +15,8 @@ n spread evenly over the validation block, with their inputs exactly as notebook
 The normal profile ("np") costs about three times the low-complexity one ("lc"), which the chapter
 runs. What that gives up is measured twice: ``extra.np_minus_lc_db`` on the validation slices, and
 ``test/<task>/<profile>/psnr`` and ``/ssim``: each profile at its own chosen sigma on notebook 06's
-``n_test`` test slices, so the notebook can say whether its verdicts against BM3D would also hold
+``n_test`` test slices (and slice by slice in ``extra.test_per_image``, with the slices' indices),
+so the notebook can say, with paired intervals, whether its verdicts against BM3D also hold
 against the normal profile.
 """
 
@@ -45,6 +46,7 @@ def main() -> None:
     out: dict[str, float] = {}
     best: dict[str, dict[str, float]] = {prof: {} for prof in PROFILES}
     gap: dict[str, float] = {}
+    per_image: dict[str, dict] = {}  # the test scores slice by slice, for paired intervals
     with tempfile.TemporaryDirectory() as cache:  # every call computes: the timings are real
         for name in doses:
             v = rc.held_out(name, "val", ns.n, ns.size)
@@ -65,14 +67,16 @@ def main() -> None:
             t = rc.held_out(name, "test", ns.n_test, ns.size)
             region = head_mask(t["truth"])
             out[f"test/{name}/n_slices"] = len(t["truth"])
+            per_image[name] = {"index": [int(i) for i in t["index"]]}
             for prof in PROFILES:
                 y = rc.bm3d_denoise(t["inputs"][:, :1], best[prof][name], cache_dir=cache, profile=prof)
-                out[f"test/{name}/{prof}/psnr"] = float(masked_psnr(y, t["truth"], region).mean())
-                out[f"test/{name}/{prof}/ssim"] = float(masked_ssim(y, t["truth"], region).mean())
+                psnr, ssim = masked_psnr(y, t["truth"], region), masked_ssim(y, t["truth"], region)
+                out[f"test/{name}/{prof}/psnr"], out[f"test/{name}/{prof}/ssim"] = float(psnr.mean()), float(ssim.mean())
+                per_image[name][prof] = {"psnr": psnr.tolist(), "ssim": ssim.tolist()}
                 print(f"{name:11s} {prof} on {len(y)} test slices, sigma {best[prof][name]:g}: "
                       f"PSNR {out[f'test/{name}/{prof}/psnr']:.3f} dB, SSIM {out[f'test/{name}/{prof}/ssim']:.4f}", flush=True)
     print(f"best sigma: {best}; np - lc at each one's best: {gap}")
-    print("->", run.finish(out, extra={"best_sigma": best, "np_minus_lc_db": gap}))
+    print("->", run.finish(out, extra={"best_sigma": best, "np_minus_lc_db": gap, "test_per_image": per_image}))
 
 
 if __name__ == "__main__":
