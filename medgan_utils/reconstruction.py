@@ -273,10 +273,10 @@ def bm3d_denoise(x: torch.Tensor, sigma: float, cache_dir: str | os.PathLike | N
 
     ``profile``: ``"np"``, the package's normal profile (about 2 s per 256 px slice on a 2-core
     CPU; the package already uses every core), or ``"lc"``, its low-complexity one (about 0.7 s);
-    None: :data:`BM3D_PROFILE`, the chapter's (its comment says why). The result is cached on disk beside
-    the simulated scans (``runs/ct_sim_cache/bm3d_*.npz``, :func:`~.data.ctsim.cached_array`), under
-    a key of the input's bytes and shape, ``sigma``, the profile and the package's version: a
-    second run reads it back. The package's multithreaded aggregation can differ in the last float
+    None: :data:`BM3D_PROFILE`, the chapter's (its comment says why). The result is cached on
+    disk beside the simulated scans (``runs/ct_sim_cache/bm3d_*.npz``,
+    :func:`~.data.ctsim.cached_array`), under a key of the input's bytes and shape, ``sigma``, the
+    profile and the package's version: a second run reads it back. The package's multithreaded aggregation can differ in the last float
     bits between runs; the cache also keeps a scored baseline fixed."""
     from importlib.metadata import version
 
@@ -424,7 +424,8 @@ def classical_baselines(name: str, val: Mapping[str, Any] | None = None, bm3d: b
     choices["tv_weight"] = w_tv
     if bm3d and kind == "lowdose":
         if val is not None:
-            s_bm3d, choices["bm3d_grid_psnr"] = choose_weight(bm3d_denoise, val["inputs"], val["truth"], BM3D_GRID, region)
+            s_bm3d, choices["bm3d_grid_psnr"] = choose_weight(bm3d_denoise, val["inputs"], val["truth"],
+                                                              BM3D_GRID, region)
         elif setting in BM3D_SIGMA:
             s_bm3d = BM3D_SIGMA[setting]
         else:

@@ -118,7 +118,8 @@ def machine() -> dict[str, Any]:
 
 def git_commit(default: str = "unknown") -> str:
     """The commit of the checkout this package runs from, with ``+dirty`` if files of the package or
-    of benchmarks/ (the code behind every results file) differ from it or are not yet committed."""
+    of benchmarks/ differ from it or are not yet committed (the notebooks, the other code behind
+    results files, are committed before they are executed)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
